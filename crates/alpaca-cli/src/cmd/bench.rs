@@ -1,0 +1,150 @@
+//! `alpaca bench`: prompt processing (ppN) and generation (tgN) speed, like llama-bench.
+//!
+//! ppN: one batch of N tokens from an empty cache. tgN: N tokens decoded one at a time from
+//! an empty cache. Each test runs `-r` times after one warm-up; the median and standard
+//! deviation of tokens/s are reported. Token ids are drawn at random, as llama-bench does.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use serde::Serialize;
+
+use alpaca::infer::sampler::Rng;
+
+use super::ModelArgs;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// GGUF file [default: the embedded SmolLM2-135M-Instruct]
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<std::path::PathBuf>,
+    /// Prompt tokens (0 skips the test)
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Generated tokens (0 skips the test)
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Thread counts, comma-separated (e.g. 1,2) [default: all cores]
+    #[arg(short = 't', long = "threads", value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Repetitions per test
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub reps: usize,
+    /// Print a JSON array instead of a table
+    #[arg(long = "json")]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Row {
+    test: String,
+    threads: usize,
+    tokens_per_second: f64,
+    stddev: f64,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.reps == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let threads = if a.threads.is_empty() {
+        vec![std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)]
+    } else {
+        a.threads.clone()
+    };
+    if threads.contains(&0) {
+        bail!("--threads must be at least 1");
+    }
+    let engine = ModelArgs {
+        model: a.model.clone(),
+        threads: Some(threads[0]),
+    }
+    .load()?;
+    let model = &engine.model;
+    let vocab = model.vocab_size() as u64;
+    let mut rng = Rng::new(1234);
+    let mut rows = Vec::new();
+    for &nt in &threads {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(nt).build()?;
+        let mut tests = Vec::new();
+        if a.n_prompt > 0 {
+            tests.push((format!("pp{}", a.n_prompt), true, a.n_prompt));
+        }
+        if a.n_gen > 0 {
+            tests.push((format!("tg{}", a.n_gen), false, a.n_gen));
+        }
+        for (name, batch, n) in tests {
+            if n >= model.context_length() {
+                bail!(
+                    "{name}: {n} tokens exceed the model context {}",
+                    model.context_length()
+                );
+            }
+            let tokens: Vec<u32> = (0..n).map(|_| (rng.next_u64() % vocab) as u32).collect();
+            let mut speeds = Vec::new();
+            for rep in 0..=a.reps {
+                let secs = pool.install(|| -> Result<f64> {
+                    let mut cache = model.new_cache(n);
+                    let t0 = Instant::now();
+                    if batch {
+                        model.forward(&tokens, &mut cache, 1)?;
+                    } else {
+                        for &t in &tokens {
+                            model.forward(&[t], &mut cache, 1)?;
+                        }
+                    }
+                    Ok(t0.elapsed().as_secs_f64())
+                })?;
+                if rep > 0 {
+                    speeds.push(n as f64 / secs);
+                }
+            }
+            rows.push(Row {
+                test: name,
+                threads: nt,
+                tokens_per_second: median(&mut speeds),
+                stddev: stddev(&speeds),
+            });
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        let size = model.weight_bytes_per_token() as f64 / 1e6;
+        println!(
+            "model: {} ({}, {size:.1} MB of weights read per token)",
+            engine.path.display(),
+            model.arch()
+        );
+        println!("| {:>8} | {:>7} | {:>12} |", "test", "threads", "t/s");
+        println!("| {:->8} | {:->7} | {:->12} |", "", "", "");
+        for r in &rows {
+            println!(
+                "| {:>8} | {:>7} | {:>6.1} ± {:<4.1}|",
+                r.test, r.threads, r.tokens_per_second, r.stddev
+            );
+        }
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn stddev(v: &[f64]) -> f64 {
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()
+}

@@ -1,0 +1,112 @@
+//! One module per subcommand, plus the options they share.
+
+pub mod bench;
+pub mod chat;
+pub mod data;
+pub mod perplexity;
+pub mod run;
+pub mod tokenize;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use alpaca::infer::{Engine, SamplerConfig};
+
+/// `-m` and `-t`, shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// GGUF file or Hugging Face model directory [default: the embedded SmolLM2-135M-Instruct]
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<PathBuf>,
+    /// Worker threads [default: all cores]
+    #[arg(short = 't', long = "threads")]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Set up the thread pool and load the model.
+    pub fn load(&self) -> Result<Engine> {
+        init_threads(self.threads)?;
+        let path = alpaca::assets::resolve_model(self.model.as_deref())?;
+        Ok(Engine::load(&path)?)
+    }
+}
+
+pub fn init_threads(threads: Option<usize>) -> Result<()> {
+    let n = match threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    };
+    // A second initialization (tests calling twice) is harmless: keep the first pool.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+    Ok(())
+}
+
+/// Sampling flags shared by run and chat. Defaults are the Alpaca demo's (temperature 0.7,
+/// top-p 0.9); `--temp 0` is greedy and deterministic.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Temperature; 0 = greedy
+    #[arg(long = "temp", default_value_t = 0.7)]
+    pub temp: f32,
+    /// Nucleus sampling threshold (1 = off)
+    #[arg(long = "top-p", default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Keep only the k most likely tokens (0 = off)
+    #[arg(long = "top-k", default_value_t = 40)]
+    pub top_k: usize,
+    /// Drop tokens below this fraction of the best token's probability (0 = off)
+    #[arg(long = "min-p", default_value_t = 0.0)]
+    pub min_p: f32,
+    /// Repetition penalty over the last 64 tokens (1 = off)
+    #[arg(long = "repeat-penalty", default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed [default: from the clock]
+    #[arg(long = "seed")]
+    pub seed: Option<u64>,
+    /// Maximum new tokens
+    #[arg(short = 'n', long = "max-new-tokens", default_value_t = 256)]
+    pub max_new: usize,
+    /// Stop when the output contains this string (repeatable)
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    pub fn sampler(&self) -> SamplerConfig {
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+        });
+        SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: 64,
+            seed,
+        }
+    }
+}
+
+/// Read a UTF-8 text file, naming the file and the byte offset of bad UTF-8.
+pub fn read_text(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: invalid UTF-8 at byte {}",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}

@@ -1,0 +1,190 @@
+//! The KV cache and causal grouped-query attention, shared by every architecture.
+//!
+//! Cache layout: per layer, keys and values are `[position][kv_dim]` (`kv_dim = n_kv_heads *
+//! head_dim`), so one head's history is a strided stream read once per token. The cache grows
+//! with use (never past its capacity), so a short chat does not reserve the whole context.
+
+use rayon::prelude::*;
+
+use crate::model::ops::{axpy, dot, softmax};
+
+/// Keys and values of past positions, for every layer.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    kv_dim: usize,
+    capacity: usize,
+    len: usize,
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize, kv_dim: usize, capacity: usize) -> Self {
+        KvCache {
+            kv_dim,
+            capacity,
+            len: 0,
+            k: vec![Vec::new(); n_layers],
+            v: vec![Vec::new(); n_layers],
+        }
+    }
+
+    /// Positions stored (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Most positions this cache may hold (the model's context length or less).
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forget everything (a new conversation).
+    pub fn clear(&mut self) {
+        self.truncate(0);
+    }
+
+    /// Keep only the first `len` positions (e.g. to reuse a shared prompt prefix).
+    pub fn truncate(&mut self, len: usize) {
+        let len = len.min(self.len);
+        for l in 0..self.k.len() {
+            self.k[l].truncate(len * self.kv_dim);
+            self.v[l].truncate(len * self.kv_dim);
+        }
+        self.len = len;
+    }
+
+    /// Append `t` positions of keys and values for `layer` (each `t x kv_dim`). The caller
+    /// appends every layer, then calls [`KvCache::advance`].
+    pub fn push(&mut self, layer: usize, k: &[f32], v: &[f32]) {
+        self.k[layer].extend_from_slice(k);
+        self.v[layer].extend_from_slice(v);
+    }
+
+    pub fn advance(&mut self, t: usize) {
+        self.len += t;
+    }
+
+    pub fn keys(&self, layer: usize) -> &[f32] {
+        &self.k[layer]
+    }
+
+    pub fn values(&self, layer: usize) -> &[f32] {
+        &self.v[layer]
+    }
+}
+
+/// Shape of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Multiplier of q.k (usually `1/sqrt(head_dim)`).
+    pub scale: f32,
+    /// Sliding window: a query at position p sees keys in `(p - window, p]`. None = global.
+    pub window: Option<usize>,
+    /// Soft-cap applied to scores as `cap * tanh(s / cap)` (Gemma 2); None for most models.
+    pub softcap: Option<f32>,
+}
+
+/// Causal attention for `t` new queries whose first position is `pos0`, against keys and
+/// values for positions `0..pos0 + t` (`keys`/`values`: `[position][n_kv_heads * head_dim]`).
+/// `q`: `t x n_heads * head_dim`; `out`: same shape.
+pub fn attention(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    pos0: usize,
+    t: usize,
+    s: AttnShape,
+    out: &mut [f32],
+) {
+    let hd = s.head_dim;
+    let q_dim = s.n_heads * hd;
+    let kv_dim = s.n_kv_heads * hd;
+    let group = s.n_heads / s.n_kv_heads;
+    debug_assert_eq!(out.len(), t * q_dim);
+    debug_assert!(keys.len() >= (pos0 + t) * kv_dim);
+    // One task per (token, head): independent outputs of `hd` values.
+    out.par_chunks_mut(hd).enumerate().for_each_init(
+        Vec::new,
+        |scores: &mut Vec<f32>, (idx, o)| {
+            let (i, h) = (idx / s.n_heads, idx % s.n_heads);
+            let pos = pos0 + i;
+            let kvh = h / group;
+            let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+            let first = match s.window {
+                Some(w) => (pos + 1).saturating_sub(w),
+                None => 0,
+            };
+            scores.clear();
+            for p in first..=pos {
+                let k = &keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                let mut sc = dot(qh, k) * s.scale;
+                if let Some(cap) = s.softcap {
+                    sc = cap * (sc / cap).tanh();
+                }
+                scores.push(sc);
+            }
+            softmax(scores);
+            o.fill(0.0);
+            for (j, p) in (first..=pos).enumerate() {
+                let v = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
+                axpy(scores[j], v, o);
+            }
+        },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_position_returns_its_value() {
+        let s = AttnShape {
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+            scale: 0.5,
+            window: None,
+            softcap: None,
+        };
+        let q = vec![1.0; 8];
+        let k = vec![0.3; 4];
+        let v = vec![1.0, 2.0, 3.0, 4.0];
+        let mut out = vec![0.0; 8];
+        attention(&q, &k, &v, 0, 1, s, &mut out);
+        assert_eq!(out, vec![1.0, 2.0, 3.0, 4.0, 1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn batched_equals_incremental() {
+        let s = AttnShape {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 8,
+            scale: 0.35,
+            window: Some(3),
+            softcap: None,
+        };
+        let t = 5;
+        let q: Vec<f32> = (0..t * 32).map(|i| (i as f32 * 0.17).sin()).collect();
+        let k: Vec<f32> = (0..t * 16).map(|i| (i as f32 * 0.07).cos()).collect();
+        let v: Vec<f32> = (0..t * 16).map(|i| (i as f32 * 0.13).sin()).collect();
+        let mut all = vec![0.0; t * 32];
+        attention(&q, &k, &v, 0, t, s, &mut all);
+        for i in 0..t {
+            let mut one = vec![0.0; 32];
+            attention(&q[i * 32..(i + 1) * 32], &k, &v, i, 1, s, &mut one);
+            for (a, b) in one.iter().zip(&all[i * 32..(i + 1) * 32]) {
+                assert!((a - b).abs() < 1e-6);
+            }
+        }
+    }
+}

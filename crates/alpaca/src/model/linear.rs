@@ -1,0 +1,251 @@
+//! The linear layer: one type for every weight format, so models never branch on format.
+//!
+//! A [`QMatrix`] is a `rows x cols` weight matrix in any supported ggml type, stored either in
+//! the memory-mapped model file (no copy: resident memory stays near the file size) or in an
+//! owned buffer. [`QMatrix::matmul`] computes `y = x W^T` for a batch of `t` activation rows:
+//! each weight row is dequantized once into a cache-resident buffer and dotted with every
+//! activation row, so a prompt is processed as a matrix-matrix product, and decoding
+//! (`t = 1`) reads each weight once.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::ops::{dispatch, dot_inline};
+use crate::model::quant::{dequantize_row, GgmlType};
+
+/// Bytes of a tensor: a window of a shared memory map, or an owned buffer.
+#[derive(Clone)]
+pub enum Storage {
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    },
+    Owned(Arc<Vec<u8>>),
+}
+
+impl Storage {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Storage({} bytes)", self.bytes().len())
+    }
+}
+
+/// A `rows x cols` matrix of weights in ggml type `ty`, row-major (each row `cols` weights).
+#[derive(Clone, Debug)]
+pub struct QMatrix {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Storage,
+}
+
+impl QMatrix {
+    /// Validate type and size; `name` is used in errors.
+    pub fn new(name: &str, ty: GgmlType, rows: usize, cols: usize, data: Storage) -> Result<Self> {
+        if !ty.is_supported_weight() {
+            return Err(Error::UnsupportedType {
+                name: name.into(),
+                ty: ty.name().into(),
+            });
+        }
+        if !cols.is_multiple_of(ty.block_size()) || data.bytes().len() != rows * ty.row_bytes(cols) {
+            return Err(Error::Tensor {
+                name: name.into(),
+                reason: format!(
+                    "{} bytes do not hold a {rows} x {cols} {} matrix",
+                    data.bytes().len(),
+                    ty.name()
+                ),
+            });
+        }
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Build from f32 values (row-major), quantizing to `ty` (tests, fresh models).
+    pub fn from_f32(name: &str, ty: GgmlType, rows: usize, cols: usize, x: &[f32]) -> Result<Self> {
+        let mut bytes = Vec::with_capacity(rows * ty.row_bytes(cols));
+        for r in x.chunks_exact(cols) {
+            let q =
+                crate::model::quant::quantize_row(ty, r).ok_or_else(|| Error::UnsupportedType {
+                    name: name.into(),
+                    ty: ty.name().into(),
+                })?;
+            bytes.extend_from_slice(&q);
+        }
+        Self::new(name, ty, rows, cols, Storage::Owned(Arc::new(bytes)))
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.ty.row_bytes(self.cols)
+    }
+
+    /// Raw bytes of row `r`.
+    pub fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data.bytes()[r * rb..(r + 1) * rb]
+    }
+
+    /// Dequantize row `r` into `out` (`cols` values), e.g. an embedding lookup.
+    pub fn dequantize_row_into(&self, r: usize, out: &mut [f32]) {
+        dequant(self.ty, self.row(r), out);
+    }
+
+    /// The whole matrix as f32 (row-major).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, o) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.dequantize_row_into(r, o);
+        }
+        out
+    }
+
+    /// `y[i, r] = sum_k x[i, k] * W[r, k]` for `t` rows of `x` (`t x cols`), writing
+    /// `y` (`t x rows`). Parallel over weight rows.
+    pub fn matmul(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        debug_assert_eq!(x.len(), t * self.cols);
+        debug_assert_eq!(y.len(), t * self.rows);
+        let threads = rayon::current_num_threads().max(1);
+        // Enough tasks to balance, few enough that each amortizes its scheduling.
+        let chunk = (self.rows / (threads * 8)).clamp(8, 256);
+        if t == 1 {
+            y.par_chunks_mut(chunk).enumerate().for_each_init(
+                || vec![0f32; self.cols],
+                |buf, (ci, ys)| {
+                    for (j, yv) in ys.iter_mut().enumerate() {
+                        let r = ci * chunk + j;
+                        *yv = row_dot(self.ty, self.row(r), x, buf);
+                    }
+                },
+            );
+            return;
+        }
+        // Batched: results per weight row are contiguous in a transposed buffer.
+        let mut yt = vec![0f32; t * self.rows];
+        yt.par_chunks_mut(chunk * t).enumerate().for_each_init(
+            || vec![0f32; self.cols],
+            |buf, (ci, ys)| {
+                for (j, yrow) in ys.chunks_exact_mut(t).enumerate() {
+                    let r = ci * chunk + j;
+                    dequant(self.ty, self.row(r), buf);
+                    dot_many(buf, x, yrow);
+                }
+            },
+        );
+        for (r, col) in yt.chunks_exact(t).enumerate() {
+            for (i, v) in col.iter().enumerate() {
+                y[i * self.rows + r] = *v;
+            }
+        }
+    }
+}
+
+dispatch!(dequant(ty: GgmlType, row: &[u8], out: &mut [f32]) -> () {
+    dequantize_row(ty, row, out)
+});
+
+dispatch!(row_dot(ty: GgmlType, row: &[u8], x: &[f32], buf: &mut [f32]) -> f32 {
+    dequantize_row(ty, row, buf);
+    dot_inline(buf, x)
+});
+
+/// `out[i] = w . x[i]` for every row `x[i]` of `x` (`out.len()` rows of `w.len()` values).
+fn dot_many(w: &[f32], x: &[f32], out: &mut [f32]) {
+    dot_many_impl(w, x, out)
+}
+
+dispatch!(dot_many_impl(w: &[f32], x: &[f32], out: &mut [f32]) -> () {
+    for (o, xr) in out.iter_mut().zip(x.chunks_exact(w.len())) {
+        *o = dot_inline(w, xr);
+    }
+});
+
+/// One linear projection of a model. Today: the frozen weight. LoRA adapters attach here,
+/// so the model code never changes when a layer gains an adapter.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: QMatrix,
+}
+
+impl Linear {
+    pub fn new(weight: QMatrix) -> Self {
+        Linear { weight }
+    }
+    pub fn in_features(&self) -> usize {
+        self.weight.cols
+    }
+    pub fn out_features(&self) -> usize {
+        self.weight.rows
+    }
+    /// `y = x W^T` for `t` rows.
+    pub fn forward(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        self.weight.matmul(x, t, y);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(w: &[f32], rows: usize, cols: usize, x: &[f32], t: usize) -> Vec<f32> {
+        let mut y = vec![0f32; t * rows];
+        for i in 0..t {
+            for r in 0..rows {
+                y[i * rows + r] = (0..cols).map(|k| x[i * cols + k] * w[r * cols + k]).sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matmul_matches_naive_for_each_type_and_batch() {
+        let (rows, cols) = (37, 64);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+            .collect();
+        for ty in [
+            GgmlType::F32,
+            GgmlType::F16,
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+        ] {
+            let q = QMatrix::from_f32("w", ty, rows, cols, &w).expect("quantize");
+            let wd = q.to_f32();
+            for t in [1, 3] {
+                let x: Vec<f32> = (0..t * cols).map(|i| (i as f32 * 0.3).sin()).collect();
+                let mut y = vec![0f32; t * rows];
+                q.matmul(&x, t, &mut y);
+                let want = naive(&wd, rows, cols, &x, t);
+                for (a, b) in y.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4, "{} t={t}: {a} vs {b}", ty.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_wrong_sizes_and_types() {
+        let s = Storage::Owned(Arc::new(vec![0u8; 10]));
+        assert!(QMatrix::new("w", GgmlType::F32, 2, 2, s.clone()).is_err());
+        assert!(matches!(
+            QMatrix::new("w", GgmlType::Q2K, 1, 256, s),
+            Err(Error::UnsupportedType { .. })
+        ));
+    }
+}

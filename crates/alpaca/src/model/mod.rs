@@ -1,0 +1,117 @@
+//! The model room: file formats, weight types, kernels and the model architectures.
+//!
+//! It knows nothing about tokenization, sampling, training loops or the command line. A
+//! model is built from one weights source (today GGUF) and exposes one `forward`.
+
+pub mod attention;
+pub mod fresh;
+pub mod gguf;
+pub mod linear;
+pub mod llama;
+pub mod ops;
+pub mod quant;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+pub use attention::KvCache;
+use gguf::Gguf;
+use llama::Llama;
+
+/// A loaded model of one of the supported architectures. Closed set: one variant per file.
+#[derive(Debug, Clone)]
+pub enum Model {
+    Llama(Llama),
+}
+
+impl Model {
+    /// Build the model described by an opened GGUF file.
+    pub fn from_gguf(g: &Gguf) -> Result<Model> {
+        let arch = g.get_str("general.architecture")?;
+        match arch {
+            "llama" => Ok(Model::Llama(Llama::from_gguf(g)?)),
+            other => Err(Error::UnsupportedArch(other.to_string())),
+        }
+    }
+
+    pub fn arch(&self) -> &'static str {
+        match self {
+            Model::Llama(_) => "llama",
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Model::Llama(m) => m.cfg.vocab_size,
+        }
+    }
+
+    pub fn context_length(&self) -> usize {
+        match self {
+            Model::Llama(m) => m.cfg.context_length,
+        }
+    }
+
+    /// An empty KV cache for up to `capacity` positions (capped at the context length).
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        match self {
+            Model::Llama(m) => m.new_cache(capacity),
+        }
+    }
+
+    /// Run a batch of tokens; logits (`n x vocab`) for the last `n_logits` of them.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        n_logits: usize,
+    ) -> Result<Vec<f32>> {
+        match self {
+            Model::Llama(m) => m.forward(tokens, cache, n_logits),
+        }
+    }
+
+    /// Bytes of weights read to decode one token (every matrix once), for bandwidth bounds.
+    pub fn weight_bytes_per_token(&self) -> usize {
+        match self {
+            Model::Llama(m) => {
+                let lin = |l: &linear::Linear| l.weight.data.bytes().len();
+                let blocks: usize = m
+                    .blocks
+                    .iter()
+                    .map(|b| {
+                        lin(&b.wq)
+                            + lin(&b.wk)
+                            + lin(&b.wv)
+                            + lin(&b.wo)
+                            + lin(&b.w_gate)
+                            + lin(&b.w_up)
+                            + lin(&b.w_down)
+                    })
+                    .sum();
+                blocks + lin(&m.output)
+            }
+        }
+    }
+}
+
+/// What a model path is: detected from the path itself, never from a flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    Gguf,
+    HfDir,
+}
+
+pub fn detect_format(path: &Path) -> Result<ModelFormat> {
+    if path.is_dir() {
+        if path.join("config.json").is_file() {
+            return Ok(ModelFormat::HfDir);
+        }
+        return Err(Error::ModelNotFound {
+            path: path.to_path_buf(),
+            hint: "A model directory needs config.json, model.safetensors and tokenizer.json."
+                .into(),
+        });
+    }
+    Ok(ModelFormat::Gguf)
+}

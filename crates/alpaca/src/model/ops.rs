@@ -1,0 +1,227 @@
+//! Shared numeric primitives of the forward pass, written once for every architecture:
+//! dot products, RMSNorm, RoPE, softmax and activations, all on `f32` slices.
+//!
+//! Reductions keep 16 independent accumulators so the compiler can vectorize them; the
+//! `#[target_feature]` wrappers let one portable binary use AVX2/FMA or AVX-512 when the CPU
+//! has them (chosen once at run time, see [`simd_level`]).
+
+use std::sync::OnceLock;
+
+/// The widest SIMD family this CPU supports, detected once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    Scalar,
+    Avx2,
+    Avx512,
+}
+
+static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+
+/// Detected SIMD level. `ALPACA_SIMD=scalar|avx2` forces a lower level (to test fallbacks).
+pub fn simd_level() -> SimdLevel {
+    *LEVEL.get_or_init(|| {
+        #[allow(unused_mut)]
+        let mut level = SimdLevel::Scalar;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                level = SimdLevel::Avx2;
+            }
+            if level == SimdLevel::Avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+            {
+                level = SimdLevel::Avx512;
+            }
+        }
+        match std::env::var("ALPACA_SIMD").as_deref() {
+            Ok("scalar") => SimdLevel::Scalar,
+            Ok("avx2") => level.min(SimdLevel::Avx2),
+            _ => level,
+        }
+    })
+}
+
+/// Expand `$body` (an expression using only safe code) three times: for AVX-512, AVX2+FMA
+/// and portable, and call the best one the CPU supports. The body is `#[inline(always)]`
+/// generic code; each copy is compiled with its own target features.
+macro_rules! dispatch {
+    ($name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty $body:block) => {
+        pub fn $name($($arg: $ty),*) -> $ret {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) -> $ret $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) -> $ret { imp($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) -> $ret { imp($($arg),*) }
+                match $crate::model::ops::simd_level() {
+                    // SAFETY: the CPU supports the features these copies were compiled for.
+                    $crate::model::ops::SimdLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::model::ops::SimdLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::model::ops::SimdLevel::Scalar => {}
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+pub(crate) use dispatch;
+
+/// Sum of `a[i] * b[i]` with 16 lanes of partial sums.
+#[inline(always)]
+pub fn dot_inline(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 16];
+    let ca = a.chunks_exact(16);
+    let cb = b.chunks_exact(16);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    let mut s = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        s = x.mul_add(*y, s);
+    }
+    hsum16(&acc) + s
+}
+
+#[inline(always)]
+pub fn hsum16(acc: &[f32; 16]) -> f32 {
+    let mut a8 = [0f32; 8];
+    for i in 0..8 {
+        a8[i] = acc[i] + acc[i + 8];
+    }
+    let a4 = [a8[0] + a8[4], a8[1] + a8[5], a8[2] + a8[6], a8[3] + a8[7]];
+    (a4[0] + a4[2]) + (a4[1] + a4[3])
+}
+
+dispatch!(dot(a: &[f32], b: &[f32]) -> f32 { dot_inline(a, b) });
+
+dispatch!(axpy(alpha: f32, x: &[f32], y: &mut [f32]) -> () {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi = alpha.mul_add(*xi, *yi);
+    }
+});
+
+/// RMSNorm (Zhang & Sennrich 2019): `out = x / sqrt(mean(x^2) + eps) * w`.
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = dot(x, x) / x.len() as f32;
+    let scale = 1.0 / (ms + eps).sqrt();
+    for ((o, xi), wi) in out.iter_mut().zip(x).zip(w) {
+        *o = xi * scale * wi;
+    }
+}
+
+/// Rotary position embedding tables for one position: `cos`/`sin` of `pos * theta_i`,
+/// `theta_i = base^(-2i/rope_dim)` for `i < rope_dim/2`.
+pub fn rope_angles(pos: usize, rope_dim: usize, base: f32, cos: &mut [f32], sin: &mut [f32]) {
+    for i in 0..rope_dim / 2 {
+        // Computed in f64 then rounded, to stay close to the f32 reference implementations.
+        let theta = (pos as f64) * (base as f64).powf(-2.0 * i as f64 / rope_dim as f64);
+        cos[i] = theta.cos() as f32;
+        sin[i] = theta.sin() as f32;
+    }
+}
+
+/// Apply RoPE in ggml's "normal" layout to one head: rotate adjacent pairs
+/// `(x[2i], x[2i+1])`. GGUF llama files store q/k permuted so that this layout is exact
+/// (llama.cpp `convert_hf_to_gguf.py` permutes HF's rotate-half layout into it).
+pub fn rope_normal(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for i in 0..cos.len() {
+        let (a, b) = (x[2 * i], x[2 * i + 1]);
+        x[2 * i] = a * cos[i] - b * sin[i];
+        x[2 * i + 1] = a * sin[i] + b * cos[i];
+    }
+}
+
+/// Apply RoPE in the "neox" (rotate-half) layout: pairs `(x[i], x[i + d/2])`.
+pub fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    for i in 0..half {
+        let (a, b) = (x[i], x[i + half]);
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + half] = a * sin[i] + b * cos[i];
+    }
+}
+
+/// In-place numerically stable softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// SiLU (swish): `x * sigmoid(x)`.
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// SwiGLU in place: `gate[i] = silu(gate[i]) * up[i]`.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = silu(*g) * u;
+    }
+}
+
+/// GELU, tanh approximation (as used by Gemma's GeGLU).
+#[inline(always)]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2/pi)
+    0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_naive_on_odd_sizes() {
+        for n in [0, 1, 7, 16, 33, 576, 1001] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let naive: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!((dot(&a, &b) as f64 - naive).abs() < 1e-3, "n={n}");
+        }
+    }
+
+    #[test]
+    fn rope_layouts_agree_under_permutation() {
+        // Normal layout on interleaved pairs equals neox layout on the de-interleaved vector.
+        let d = 8;
+        let x: Vec<f32> = (0..d).map(|i| i as f32 + 1.0).collect();
+        let (mut c, mut s) = (vec![0.0; d / 2], vec![0.0; d / 2]);
+        rope_angles(5, d, 10000.0, &mut c, &mut s);
+        let mut a = x.clone();
+        rope_normal(&mut a, &c, &s);
+        let mut b: Vec<f32> = (0..d / 2)
+            .map(|i| x[2 * i])
+            .chain((0..d / 2).map(|i| x[2 * i + 1]))
+            .collect();
+        rope_neox(&mut b, &c, &s);
+        for i in 0..d / 2 {
+            assert!((a[2 * i] - b[i]).abs() < 1e-6);
+            assert!((a[2 * i + 1] - b[i + d / 2]).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = vec![1000.0, 1001.0, 999.0];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[1] > x[0] && x[0] > x[2]);
+    }
+}
