@@ -32,6 +32,9 @@ pub const DEFAULT_THRESHOLD: f64 = 0.7;
 /// threshold by more than this, far above any rounding of the final score.
 const EPS: f64 = 1e-9;
 
+/// Below this many comparisons, waking the thread pool costs more than it saves.
+const SEQUENTIAL_BELOW: usize = 2048;
+
 /// True when two lengths can reach a score above `t` at all.
 #[inline]
 pub fn lengths_admissible(la: usize, lb: usize, t: f64) -> bool {
@@ -356,6 +359,16 @@ impl SimilarityIndex {
             .filter(|&lb| lb > 0 && lengths_admissible(la, lb, t))
             .flat_map(|lb| self.by_len[lb].iter().copied())
             .collect();
+        if cands.len() < SEQUENTIAL_BELOW {
+            let mut p = Pattern::new();
+            p.set(ids);
+            return cands.iter().find_map(|&i| {
+                let b = &self.items[i as usize];
+                bounded_score(&p, b, t)
+                    .filter(|&f| f > t)
+                    .map(|f| (i as usize, f))
+            });
+        }
         cands
             .par_chunks(256)
             .map_init(
@@ -382,18 +395,25 @@ impl SimilarityIndex {
         if self.items.is_empty() {
             return Neighbours::default();
         }
-        let scores: Vec<f64> = self
-            .items
-            .par_iter()
-            .map_init(
-                || {
-                    let mut p = Pattern::new();
-                    p.set(ids);
-                    p
-                },
-                |p, b| f_measure(p.lcs(b), ids.len(), b.len()),
-            )
-            .collect();
+        let mut scores: Vec<f64> = Vec::with_capacity(self.items.len());
+        let score = |p: &mut Pattern, b: &Vec<u32>| f_measure(p.lcs(b), ids.len(), b.len());
+        if self.items.len() < SEQUENTIAL_BELOW {
+            let mut p = Pattern::new();
+            p.set(ids);
+            scores.extend(self.items.iter().map(|b| score(&mut p, b)));
+        } else {
+            self.items
+                .par_iter()
+                .map_init(
+                    || {
+                        let mut p = Pattern::new();
+                        p.set(ids);
+                        p
+                    },
+                    score,
+                )
+                .collect_into_vec(&mut scores);
+        }
         let mean = scores.iter().sum::<f64>() / scores.len() as f64;
         let mut order: Vec<usize> = (0..scores.len()).collect();
         // Best first; ties by index for determinism.

@@ -237,6 +237,12 @@ const ENDINGS: [&str; 12] = [
     "for a science fair",
 ];
 
+const SYLLABLES: [&str; 32] = [
+    "ka", "lo", "mi", "ran", "tu", "vel", "zo", "pra", "shi", "den", "bor", "qua", "nim", "fe",
+    "gal", "ho", "jin", "tor", "wix", "yul", "ses", "dra", "mun", "pel", "ric", "sto", "bli",
+    "cor", "fin", "lum", "nex", "tav",
+];
+
 /// FNV-1a, to turn a prompt into a seed.
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -261,11 +267,14 @@ pub fn synthetic_reply(prompt: &str) -> Completion {
     let mut text = String::new();
     for n in first..20 {
         let (v, a, o, e) = (pick(&VERBS), pick(&ADJS), pick(&NOUNS), pick(&ENDINGS));
+        // An invented word keeps most tasks distinct, as a real teacher's would be.
+        let (s1, s2, s3) = (pick(&SYLLABLES), pick(&SYLLABLES), pick(&SYLLABLES));
         let roll = fnv(&format!("{prompt}{n}")) % 40;
         let instruction = match roll {
             0 => format!("{v} the {a} {o} image."),
             1 => format!("{v} it."),
-            _ => format!("{v} the {a} {o} {e}."),
+            3 => "Explain the rules of chess to a complete beginner.".to_string(),
+            _ => format!("{v} the {a} {o} of {s1}{s2}{s3} {e}."),
         };
         let input = if roll.is_multiple_of(3) {
             format!("A note about the {o}.")

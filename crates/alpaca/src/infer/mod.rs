@@ -5,6 +5,7 @@
 //! The loop works on token ids and hands text to a callback as it becomes complete UTF-8;
 //! it never prints.
 
+pub mod perplexity;
 pub mod sampler;
 
 use std::ops::ControlFlow;

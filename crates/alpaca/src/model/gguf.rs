@@ -489,6 +489,7 @@ fn parse(buf: &[u8]) -> PResult<Header> {
     };
 
     let mut raw = Vec::with_capacity(n_tensors);
+    let mut seen = std::collections::HashSet::new();
     for _ in 0..n_tensors {
         let name = c.string("tensor name")?;
         let n_dims = c.u32(&name)?;
@@ -505,6 +506,9 @@ fn parse(buf: &[u8]) -> PResult<Header> {
         let ty = GgmlType::from_code(ty_code)
             .ok_or_else(|| format!("tensor `{name}`: unknown ggml type {ty_code}"))?;
         let offset = c.u64(&name)?;
+        if !seen.insert(name.clone()) {
+            return Err(format!("duplicate tensor name `{name}`"));
+        }
         raw.push((name, dims, ty, offset));
     }
     let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
@@ -579,7 +583,8 @@ impl GgufWriter {
         self.metadata.push((key, value));
     }
 
-    /// Add a tensor. `dims` in ggml order (`dims[0]` = row length); `data` already encoded.
+    /// Add a tensor, replacing an earlier one of the same name (names are unique in GGUF).
+    /// `dims` in ggml order (`dims[0]` = row length); `data` already encoded.
     pub fn add_tensor(
         &mut self,
         name: impl Into<String>,
@@ -587,7 +592,12 @@ impl GgufWriter {
         ty: GgmlType,
         data: Vec<u8>,
     ) {
-        self.tensors.push((name.into(), dims, ty, data));
+        let name = name.into();
+        if let Some(t) = self.tensors.iter_mut().find(|t| t.0 == name) {
+            *t = (name, dims, ty, data);
+            return;
+        }
+        self.tensors.push((name, dims, ty, data));
     }
 
     /// Serialize to bytes.

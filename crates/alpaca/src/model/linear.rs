@@ -59,7 +59,8 @@ impl QMatrix {
                 ty: ty.name().into(),
             });
         }
-        if !cols.is_multiple_of(ty.block_size()) || data.bytes().len() != rows * ty.row_bytes(cols) {
+        if !cols.is_multiple_of(ty.block_size()) || data.bytes().len() != rows * ty.row_bytes(cols)
+        {
             return Err(Error::Tensor {
                 name: name.into(),
                 reason: format!(

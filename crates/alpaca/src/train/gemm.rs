@@ -1,0 +1,114 @@
+//! The f32 matrix products of training, over `matrixmultiply` (measured here at ~135 GFLOP/s
+//! on 2 threads for a 1024x576x1536 product, against ~87 for the `gemm` crate).
+//!
+//! Three shapes cover every linear layer, all row-major:
+//! - [`nt`]: `y[m,n] (+)= x[m,k] . w[n,k]^T` (forward);
+//! - [`nn`]: `dx[m,k] (+)= dy[m,n] . w[n,k]` (input gradient);
+//! - [`tn`]: `dw[n,k] (+)= dy[m,n]^T . x[m,k]` (weight gradient).
+//!
+//! Threads come from `MATMUL_NUM_THREADS` (read once by matrixmultiply).
+
+/// `c[m,n] = alpha * a[m,k] b[k,n] + beta * c`, with explicit row/column strides.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    (ars, acs): (usize, usize),
+    b: &[f32],
+    (brs, bcs): (usize, usize),
+    beta: f32,
+    c: &mut [f32],
+    (crs, ccs): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |r: usize, c: usize, rs: usize, cs: usize| (r - 1) * rs + (c - 1) * cs;
+    if k > 0 {
+        assert!(last(m, k, ars, acs) < a.len(), "gemm: a too small");
+        assert!(last(k, n, brs, bcs) < b.len(), "gemm: b too small");
+    }
+    assert!(last(m, n, crs, ccs) < c.len(), "gemm: c too small");
+    // SAFETY: every index the product touches was bounds-checked above; `c` is exclusively
+    // borrowed and cannot alias `a` or `b`.
+    unsafe {
+        matrixmultiply::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            ars as isize,
+            acs as isize,
+            b.as_ptr(),
+            brs as isize,
+            bcs as isize,
+            beta,
+            c.as_mut_ptr(),
+            crs as isize,
+            ccs as isize,
+        );
+    }
+}
+
+fn beta(acc: bool) -> f32 {
+    if acc {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// `y[m,n] (+)= alpha * x[m,k] . w[n,k]^T`.
+pub fn nt(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize, alpha: f32, acc: bool) {
+    sgemm(m, k, n, alpha, x, (k, 1), w, (1, k), beta(acc), y, (n, 1));
+}
+
+/// `dx[m,k] (+)= alpha * dy[m,n] . w[n,k]`.
+pub fn nn(dy: &[f32], w: &[f32], dx: &mut [f32], m: usize, n: usize, k: usize, alpha: f32, acc: bool) {
+    sgemm(m, n, k, alpha, dy, (n, 1), w, (k, 1), beta(acc), dx, (k, 1));
+}
+
+/// `dw[n,k] (+)= alpha * dy[m,n]^T . x[m,k]`.
+pub fn tn(dy: &[f32], x: &[f32], dw: &mut [f32], m: usize, n: usize, k: usize, alpha: f32, acc: bool) {
+    sgemm(n, m, k, alpha, dy, (1, n), x, (k, 1), beta(acc), dw, (k, 1));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_match_naive() {
+        let (m, k, n) = (5, 7, 3);
+        let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.3).sin()).collect();
+        let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.7).cos()).collect();
+        let mut y = vec![0.0; m * n];
+        nt(&x, &w, &mut y, m, k, n, 1.0, false);
+        for i in 0..m {
+            for j in 0..n {
+                let want: f32 = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum();
+                assert!((y[i * n + j] - want).abs() < 1e-5);
+            }
+        }
+        let mut dx = vec![0.0; m * k];
+        nn(&y, &w, &mut dx, m, n, k, 1.0, false);
+        for i in 0..m {
+            for t in 0..k {
+                let want: f32 = (0..n).map(|j| y[i * n + j] * w[j * k + t]).sum();
+                assert!((dx[i * k + t] - want).abs() < 1e-4);
+            }
+        }
+        let mut dw = vec![1.0; n * k];
+        tn(&y, &x, &mut dw, m, n, k, 1.0, true);
+        for j in 0..n {
+            for t in 0..k {
+                let want: f32 = 1.0 + (0..m).map(|i| y[i * n + j] * x[i * k + t]).sum::<f32>();
+                assert!((dw[j * k + t] - want).abs() < 1e-4);
+            }
+        }
+    }
+}
