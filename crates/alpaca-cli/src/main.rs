@@ -26,6 +26,8 @@ enum Command {
     Run(cmd::run::RunArgs),
     /// Interactive streaming chat
     Chat(cmd::chat::ChatArgs),
+    /// OpenAI-compatible HTTP server with a web chat page
+    Serve(cmd::serve::ServeArgs),
     /// Print the token ids of a text
     Tokenize(cmd::tokenize::TokenizeArgs),
     /// Perplexity of a text file, scored like llama.cpp's perplexity tool
@@ -34,6 +36,8 @@ enum Command {
     Bench(cmd::bench::BenchArgs),
     /// Self-instruct data generation and data tooling
     Data(cmd::data::DataArgs),
+    /// Fine-tune a model (LoRA, QLoRA or full) on instruction data
+    Train(cmd::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,10 +73,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Chat(a) => cmd::chat::run(a),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::Tokenize(a) => cmd::tokenize::run(a),
         Command::Perplexity(a) => cmd::perplexity::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Data(a) => cmd::data::run(a),
+        Command::Train(a) => cmd::train::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,7 +33,7 @@ pub enum Error {
         expected: &'static str,
         found: String,
     },
-    #[error("unsupported architecture `{0}` (supported: llama)")]
+    #[error("unsupported architecture `{0}` (supported: llama, gemma3)")]
     UnsupportedArch(String),
     #[error("tensor `{name}`: unsupported weight type {ty}")]
     UnsupportedType { name: String, ty: String },
@@ -69,6 +69,18 @@ pub enum Error {
     // ---------------------------------------------------------------- generate (teachers)
     #[error("teacher: {0}")]
     Teacher(String),
+
+    // ---------------------------------------------------------------- train
+    #[error("train: {0}")]
+    Train(String),
+    #[error("{path}: the data set has no examples")]
+    EmptyDataset { path: PathBuf },
+    #[error("--cutoff-len {cutoff} is shorter than every prompt (the shortest prompt is {shortest} tokens, and one target token is needed)")]
+    CutoffTooShort { cutoff: usize, shortest: usize },
+    #[error("loss is {loss} at step {step}: stopping (the last checkpoint is intact); lower --lr or raise --max-grad-norm")]
+    NonFiniteLoss { step: usize, loss: f64 },
+    #[error("this build has no CUDA support (use --device cpu)")]
+    NoCuda,
 
     // ---------------------------------------------------------------- internal
     #[error("internal error: {0}")]

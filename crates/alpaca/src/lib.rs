@@ -13,5 +13,6 @@ pub mod infer;
 pub mod model;
 pub mod rng;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

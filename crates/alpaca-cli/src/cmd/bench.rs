@@ -3,6 +3,11 @@
 //! ppN: one batch of N tokens from an empty cache. tgN: N tokens decoded one at a time from
 //! an empty cache. Each test runs `-r` times after one warm-up; the median and standard
 //! deviation of tokens/s are reported. Token ids are drawn at random, as llama-bench does.
+//!
+//! Decoding reads every weight once per token, so memory bandwidth bounds it. For each
+//! thread count the bench measures a streaming read over a buffer larger than the caches
+//! (`mem_gbs`) and reports the bound `mem_gbs / weight bytes per token` and tgN as a
+//! percentage of it.
 
 use std::time::Instant;
 
@@ -42,6 +47,46 @@ struct Row {
     threads: usize,
     tokens_per_second: f64,
     stddev: f64,
+    /// Measured streaming-read bandwidth with this many threads, GB/s (tg rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mem_gbs: Option<f64>,
+    /// Decode bound: `mem_gbs` / weight bytes read per token, tokens/s (tg rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bound_tokens_per_second: Option<f64>,
+    /// tokens_per_second as a percentage of the bound (tg rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pct_of_bound: Option<f64>,
+}
+
+/// Bytes of the bandwidth probe's buffer: far larger than any L3 here.
+const PROBE_BYTES: usize = 512 << 20;
+
+/// Streaming-read bandwidth in GB/s with the current rayon pool's threads: the best of a
+/// few passes summing a `PROBE_BYTES` buffer split evenly between threads.
+fn mem_bandwidth_gbs(buf: &[u64]) -> f64 {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads().max(1);
+    let per = buf.len().div_ceil(threads);
+    let mut best = 0f64;
+    for _ in 0..4 {
+        let t0 = Instant::now();
+        let s: u64 = buf
+            .par_chunks(per)
+            .map(|c| {
+                let mut acc = [0u64; 8];
+                for v in c.chunks_exact(8) {
+                    for i in 0..8 {
+                        acc[i] = acc[i].wrapping_add(v[i]);
+                    }
+                }
+                acc.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+            })
+            .reduce(|| 0, |a, b| a.wrapping_add(b));
+        std::hint::black_box(s);
+        let secs = t0.elapsed().as_secs_f64();
+        best = best.max((buf.len() * 8) as f64 / secs / 1e9);
+    }
+    best
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
@@ -65,10 +110,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     .load()?;
     let model = &engine.model;
     let vocab = model.vocab_size() as u64;
+    let bytes_per_token = model.weight_bytes_per_token() as f64;
     let mut rng = Rng::new(1234);
     let mut rows = Vec::new();
+    // Filled with non-zero data so every page is really backed.
+    let probe: Vec<u64> = if a.n_gen > 0 {
+        (0..PROBE_BYTES / 8).map(|i| i as u64).collect()
+    } else {
+        Vec::new()
+    };
     for &nt in &threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(nt).build()?;
+        let gbs = (a.n_gen > 0).then(|| pool.install(|| mem_bandwidth_gbs(&probe)));
         let mut tests = Vec::new();
         if a.n_prompt > 0 {
             tests.push((format!("pp{}", a.n_prompt), true, a.n_prompt));
@@ -102,11 +155,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     speeds.push(n as f64 / secs);
                 }
             }
+            let tps = median(&mut speeds);
+            let bound = gbs.filter(|_| !batch).map(|g| g * 1e9 / bytes_per_token);
             rows.push(Row {
                 test: name,
                 threads: nt,
-                tokens_per_second: median(&mut speeds),
+                tokens_per_second: tps,
                 stddev: stddev(&speeds),
+                mem_gbs: gbs.filter(|_| !batch),
+                bound_tokens_per_second: bound,
+                pct_of_bound: bound.map(|b| 100.0 * tps / b),
             });
         }
     }
@@ -125,6 +183,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
             println!(
                 "| {:>8} | {:>7} | {:>6.1} ± {:<4.1}|",
                 r.test, r.threads, r.tokens_per_second, r.stddev
+            );
+        }
+        for r in rows.iter().filter(|r| r.mem_gbs.is_some()) {
+            println!(
+                "memory bandwidth ({} thread(s)): {:.1} GB/s -> decode bound {:.0} tok/s; {} at {:.0}% of it",
+                r.threads,
+                r.mem_gbs.unwrap_or(0.0),
+                r.bound_tokens_per_second.unwrap_or(0.0),
+                r.test,
+                r.pct_of_bound.unwrap_or(0.0)
             );
         }
     }

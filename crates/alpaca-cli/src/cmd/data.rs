@@ -28,6 +28,7 @@ pub struct DataArgs {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum DataCommand {
     /// Self-instruct: turn seed tasks into instruction data with a teacher model
     Generate(GenerateArgs),
@@ -59,6 +60,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub seeds: Option<PathBuf>,
     /// Teacher: completions:MODEL, chat:MODEL (any OpenAI-compatible server, see --base-url),
+    /// local[:GGUF] or local-chat[:GGUF] (our own engine, offline; default model when no path),
     /// or synthetic (an offline stand-in for tests and demos)
     #[arg(long)]
     pub teacher: String,
@@ -159,12 +161,18 @@ fn make_teacher(a: &GenerateArgs) -> Result<Box<dyn Teacher>> {
         "synthetic" => return Ok(Box::new(Scripted::synthetic(a.batch))),
         "completions" | "openai" => Endpoint::Completions,
         "chat" => Endpoint::Chat,
-        "local" => bail!(
-            "--teacher local: the local-model teacher is not wired yet; serve the model with any \
-             OpenAI-compatible server and use --teacher completions:MODEL --base-url URL"
-        ),
+        "local" | "local-chat" => {
+            // `local` = the default model; `local:PATH` any model file.
+            let path = alpaca::assets::resolve_model((!model.is_empty()).then(|| std::path::Path::new(model)))?;
+            let engine = alpaca::infer::Engine::load(&path)?;
+            return Ok(Box::new(alpaca::generate::local::LocalTeacher::new(
+                engine,
+                kind == "local-chat",
+                a.seed,
+            )));
+        }
         other => {
-            bail!("unknown teacher `{other}` (expected completions:MODEL, chat:MODEL or synthetic)")
+            bail!("unknown teacher `{other}` (expected completions:MODEL, chat:MODEL, local[:PATH], local-chat[:PATH] or synthetic)")
         }
     };
     if model.is_empty() {

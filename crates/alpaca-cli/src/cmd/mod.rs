@@ -5,7 +5,9 @@ pub mod chat;
 pub mod data;
 pub mod perplexity;
 pub mod run;
+pub mod serve;
 pub mod tokenize;
+pub mod train;
 
 use std::path::{Path, PathBuf};
 

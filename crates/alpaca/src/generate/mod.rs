@@ -14,6 +14,7 @@
 //! This room never prints: progress goes to the caller's callback, the summary is the returned
 //! [`Report`].
 
+pub mod local;
 pub mod openai;
 pub mod parse;
 pub mod prompt;

@@ -191,7 +191,7 @@ impl OpenAiTeacher {
                 }
             }
             Err(ureq::Error::Transport(t)) => Attempt::Retry {
-                why: format!("{} ({})", t, self.url),
+                why: t.to_string(), // names the URL itself
                 after: None,
             },
         }

@@ -5,8 +5,12 @@
 //! The loop works on token ids and hands text to a callback as it becomes complete UTF-8;
 //! it never prints.
 
+pub mod api;
+pub mod batch;
 pub mod perplexity;
 pub mod sampler;
+#[cfg(feature = "server")]
+pub mod server;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -80,15 +84,19 @@ impl Engine {
     }
 
     /// Tokenize a rendered prompt: special-token strings are parsed, and BOS is added when
-    /// the vocabulary asks for it.
+    /// the vocabulary asks for it, unless the text already starts with it (chat templates
+    /// such as Gemma's write `{{ bos_token }}` themselves).
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
+        let body = self.tokenizer.encode(text, true)?;
         if self.tokenizer.add_bos() {
             if let Some(b) = self.tokenizer.bos_id() {
-                ids.push(b);
+                if body.first() != Some(&b) {
+                    ids.push(b);
+                }
             }
         }
-        ids.extend(self.tokenizer.encode(text, true)?);
+        ids.extend(body);
         Ok(ids)
     }
 
@@ -252,25 +260,25 @@ pub struct Generation {
 }
 
 /// Finds stop strings in streamed text, holding back any tail that could still become one.
-struct StopMatcher<'a> {
-    stops: &'a [String],
+pub(crate) struct StopMatcher {
+    stops: Vec<String>,
     /// Text emitted so far.
-    text: String,
+    pub(crate) text: String,
     /// Text received but not yet emitted (a possible stop-string prefix).
     pending: String,
 }
 
-impl<'a> StopMatcher<'a> {
-    fn new(stops: &'a [String]) -> Self {
+impl StopMatcher {
+    pub(crate) fn new(stops: &[String]) -> Self {
         StopMatcher {
-            stops,
+            stops: stops.to_vec(),
             text: String::new(),
             pending: String::new(),
         }
     }
 
     /// Add text; returns what can be emitted now and whether a stop string was found.
-    fn feed(&mut self, s: &str) -> (String, bool) {
+    pub(crate) fn feed(&mut self, s: &str) -> (String, bool) {
         self.pending.push_str(s);
         let hit = self
             .stops
@@ -286,7 +294,7 @@ impl<'a> StopMatcher<'a> {
         }
         // Hold back the longest suffix of `pending` that is a prefix of some stop string.
         let mut keep = 0;
-        for st in self.stops {
+        for st in &self.stops {
             for (i, _) in self.pending.char_indices() {
                 let tail = &self.pending[i..];
                 if st.starts_with(tail) {
@@ -302,7 +310,7 @@ impl<'a> StopMatcher<'a> {
         (emit, false)
     }
 
-    fn flush(&mut self) -> String {
+    pub(crate) fn flush(&mut self) -> String {
         let rest = std::mem::take(&mut self.pending);
         self.text.push_str(&rest);
         rest

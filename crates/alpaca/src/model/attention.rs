@@ -4,9 +4,36 @@
 //! head_dim`), so one head's history is a strided stream read once per token. The cache grows
 //! with use (never past its capacity), so a short chat does not reserve the whole context.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
-use crate::model::ops::{axpy, dot, softmax};
+use crate::model::ops::{dispatch, dot_inline, softmax};
+
+/// Activation buffers of a forward pass, kept between calls (owned by the [`KvCache`]) so
+/// decoding allocates nothing per token once the buffers have grown.
+#[derive(Debug, Clone, Default)]
+pub struct Scratch {
+    bufs: Vec<Vec<f32>>,
+}
+
+impl Scratch {
+    /// Take the `n` buffers out (reuse them with [`Scratch::restore`]), each cleared and
+    /// zero-filled to `sizes[i]` values.
+    pub fn take(&mut self, sizes: &[usize]) -> Vec<Vec<f32>> {
+        let mut bufs = std::mem::take(&mut self.bufs);
+        bufs.resize_with(sizes.len().max(bufs.len()), Vec::new);
+        for (b, &n) in bufs.iter_mut().zip(sizes) {
+            b.clear();
+            b.resize(n, 0.0);
+        }
+        bufs
+    }
+
+    pub fn restore(&mut self, bufs: Vec<Vec<f32>>) {
+        self.bufs = bufs;
+    }
+}
 
 /// Keys and values of past positions, for every layer.
 #[derive(Debug, Clone)]
@@ -16,6 +43,8 @@ pub struct KvCache {
     len: usize,
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    /// Reusable buffers of the model's forward pass.
+    pub scratch: Scratch,
 }
 
 impl KvCache {
@@ -26,6 +55,7 @@ impl KvCache {
             len: 0,
             k: vec![Vec::new(); n_layers],
             v: vec![Vec::new(); n_layers],
+            scratch: Scratch::default(),
         }
     }
 
@@ -110,35 +140,87 @@ pub fn attention(
     let group = s.n_heads / s.n_kv_heads;
     debug_assert_eq!(out.len(), t * q_dim);
     debug_assert!(keys.len() >= (pos0 + t) * kv_dim);
-    // One task per (token, head): independent outputs of `hd` values.
-    out.par_chunks_mut(hd).enumerate().for_each_init(
-        Vec::new,
-        |scores: &mut Vec<f32>, (idx, o)| {
-            let (i, h) = (idx / s.n_heads, idx % s.n_heads);
-            let pos = pos0 + i;
-            let kvh = h / group;
-            let qh = &q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-            let first = match s.window {
-                Some(w) => (pos + 1).saturating_sub(w),
-                None => 0,
-            };
-            scores.clear();
-            for p in first..=pos {
-                let k = &keys[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                let mut sc = dot(qh, k) * s.scale;
-                if let Some(cap) = s.softcap {
-                    sc = cap * (sc / cap).tanh();
-                }
-                scores.push(sc);
+    // One task per (token, kv head): the `group` query heads sharing a kv head are done
+    // together, so each key and value row is loaded once for all of them. Their outputs
+    // are contiguous (`group * hd` values).
+    let one = |idx: usize, o: &mut [f32], scores: &mut Vec<f32>| {
+        let (i, kvh) = (idx / s.n_kv_heads, idx % s.n_kv_heads);
+        let pos = pos0 + i;
+        let first = match s.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let q0 = i * q_dim + kvh * group * hd;
+        let span = Span {
+            kv_dim,
+            off: kvh * hd,
+            first,
+            last: pos,
+        };
+        attend_group(&q[q0..q0 + group * hd], keys, values, span, s, scores, o);
+    };
+    // Serial when one thread or little work (decoding a short context): no fork-join, and
+    // the scores buffer is reused across calls (no allocation per token).
+    let work = t * s.n_heads * (pos0 + t) * hd;
+    let chunk = group * hd;
+    if rayon::current_num_threads() == 1 || work < (1 << 16) {
+        SCORES.with(|sc| {
+            let mut sc = sc.borrow_mut();
+            for (idx, o) in out.chunks_mut(chunk).enumerate() {
+                one(idx, o, &mut sc);
             }
-            softmax(scores);
-            o.fill(0.0);
-            for (j, p) in (first..=pos).enumerate() {
-                let v = &values[p * kv_dim + kvh * hd..p * kv_dim + (kvh + 1) * hd];
-                axpy(scores[j], v, o);
-            }
-        },
+        });
+        return;
+    }
+    out.par_chunks_mut(chunk).enumerate().for_each_init(
+        || SCORES.with(|sc| std::mem::take(&mut *sc.borrow_mut())),
+        |scores, (idx, o)| one(idx, o, scores),
     );
+}
+
+/// Which cache rows one attention task reads: positions `first..=last`, columns
+/// `off..off + head_dim` of rows `kv_dim` wide.
+#[derive(Clone, Copy)]
+pub struct Span {
+    kv_dim: usize,
+    off: usize,
+    first: usize,
+    last: usize,
+}
+
+dispatch!(attend_group(q: &[f32], keys: &[f32], values: &[f32], sp: Span, s: AttnShape, scores: &mut Vec<f32>, out: &mut [f32]) -> () {
+    let hd = s.head_dim;
+    let g = q.len() / hd;
+    let n = sp.last + 1 - sp.first;
+    scores.clear();
+    scores.resize(g * n, 0.0);
+    for (j, p) in (sp.first..=sp.last).enumerate() {
+        let k = &keys[p * sp.kv_dim + sp.off..p * sp.kv_dim + sp.off + hd];
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            let mut sc = dot_inline(qh, k) * s.scale;
+            if let Some(cap) = s.softcap {
+                sc = cap * (sc / cap).tanh();
+            }
+            scores[h * n + j] = sc;
+        }
+    }
+    for row in scores.chunks_exact_mut(n) {
+        softmax(row);
+    }
+    out.fill(0.0);
+    for (j, p) in (sp.first..=sp.last).enumerate() {
+        let v = &values[p * sp.kv_dim + sp.off..p * sp.kv_dim + sp.off + hd];
+        for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+            let a = scores[h * n + j];
+            for (oi, vi) in o.iter_mut().zip(v) {
+                *oi = a.mul_add(*vi, *oi);
+            }
+        }
+    }
+});
+
+thread_local! {
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 #[cfg(test)]

@@ -2,17 +2,15 @@
 //!
 //! A [`QMatrix`] is a `rows x cols` weight matrix in any supported ggml type, stored either in
 //! the memory-mapped model file (no copy: resident memory stays near the file size) or in an
-//! owned buffer. [`QMatrix::matmul`] computes `y = x W^T` for a batch of `t` activation rows:
-//! each weight row is dequantized once into a cache-resident buffer and dotted with every
-//! activation row, so a prompt is processed as a matrix-matrix product, and decoding
-//! (`t = 1`) reads each weight once.
+//! owned buffer. [`QMatrix::matmul`] computes `y = x W^T` for a batch of `t` activation rows
+//! with the kernels of [`kernels`]: fused dequantize + dot per row when decoding (each weight
+//! read once), a tiled GEMM over dequantized panels for prompts.
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use crate::error::{Error, Result};
-use crate::model::ops::{dispatch, dot_inline};
+use crate::model::kernels;
+use crate::model::ops::dispatch;
 use crate::model::quant::{dequantize_row, GgmlType};
 
 /// Bytes of a tensor: a window of a shared memory map, or an owned buffer.
@@ -117,41 +115,15 @@ impl QMatrix {
     }
 
     /// `y[i, r] = sum_k x[i, k] * W[r, k]` for `t` rows of `x` (`t x cols`), writing
-    /// `y` (`t x rows`). Parallel over weight rows.
+    /// `y` (`t x rows`). Fused dequantize + dot per weight row for few tokens, a tiled GEMM
+    /// over dequantized panels for prompts (see [`kernels`]). Parallel over weight rows.
     pub fn matmul(&self, x: &[f32], t: usize, y: &mut [f32]) {
-        debug_assert_eq!(x.len(), t * self.cols);
-        debug_assert_eq!(y.len(), t * self.rows);
-        let threads = rayon::current_num_threads().max(1);
-        // Enough tasks to balance, few enough that each amortizes its scheduling.
-        let chunk = (self.rows / (threads * 8)).clamp(8, 256);
-        if t == 1 {
-            y.par_chunks_mut(chunk).enumerate().for_each_init(
-                || vec![0f32; self.cols],
-                |buf, (ci, ys)| {
-                    for (j, yv) in ys.iter_mut().enumerate() {
-                        let r = ci * chunk + j;
-                        *yv = row_dot(self.ty, self.row(r), x, buf);
-                    }
-                },
-            );
-            return;
-        }
-        // Batched: results per weight row are contiguous in a transposed buffer.
-        let mut yt = vec![0f32; t * self.rows];
-        yt.par_chunks_mut(chunk * t).enumerate().for_each_init(
-            || vec![0f32; self.cols],
-            |buf, (ci, ys)| {
-                for (j, yrow) in ys.chunks_exact_mut(t).enumerate() {
-                    let r = ci * chunk + j;
-                    dequant(self.ty, self.row(r), buf);
-                    dot_many(buf, x, yrow);
-                }
-            },
-        );
-        for (r, col) in yt.chunks_exact(t).enumerate() {
-            for (i, v) in col.iter().enumerate() {
-                y[i * self.rows + r] = *v;
-            }
+        let level = kernels::default_level();
+        let data = self.data.bytes();
+        if t >= kernels::GEMM_MIN_T {
+            kernels::gemm(level, self.ty, data, self.rows, self.cols, x, t, y);
+        } else {
+            kernels::matvec(level, self.ty, data, self.rows, self.cols, x, t, y);
         }
     }
 }
@@ -160,32 +132,46 @@ dispatch!(dequant(ty: GgmlType, row: &[u8], out: &mut [f32]) -> () {
     dequantize_row(ty, row, out)
 });
 
-dispatch!(row_dot(ty: GgmlType, row: &[u8], x: &[f32], buf: &mut [f32]) -> f32 {
-    dequantize_row(ty, row, buf);
-    dot_inline(buf, x)
-});
-
-/// `out[i] = w . x[i]` for every row `x[i]` of `x` (`out.len()` rows of `w.len()` values).
-fn dot_many(w: &[f32], x: &[f32], out: &mut [f32]) {
-    dot_many_impl(w, x, out)
-}
-
-dispatch!(dot_many_impl(w: &[f32], x: &[f32], out: &mut [f32]) -> () {
-    for (o, xr) in out.iter_mut().zip(x.chunks_exact(w.len())) {
-        *o = dot_inline(w, xr);
-    }
-});
-
 /// One linear projection of a model. Today: the frozen weight. LoRA adapters attach here,
 /// so the model code never changes when a layer gains an adapter.
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: QMatrix,
+    /// Optional LoRA adapter applied after the base product (`alpaca run --lora`).
+    pub lora: Option<LoraAdapter>,
+}
+
+/// A LoRA adapter on a linear: `y += scale * (x A^T) B^T`.
+#[derive(Clone, Debug)]
+pub struct LoraAdapter {
+    pub a: Vec<f32>, // [r, in]
+    pub b: Vec<f32>, // [out, r]
+    pub r: usize,
+    /// `alpha / r`.
+    pub scale: f32,
+}
+
+impl LoraAdapter {
+    /// `y[t, out] += scale * (x[t, in] A^T) B^T`.
+    pub fn apply(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        let cols = self.a.len() / self.r;
+        let rows = self.b.len() / self.r;
+        for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact_mut(rows)).take(t) {
+            let u: Vec<f32> = self
+                .a
+                .chunks_exact(cols)
+                .map(|a| crate::model::ops::dot(xr, a) * self.scale)
+                .collect();
+            for (yv, br) in yr.iter_mut().zip(self.b.chunks_exact(self.r)) {
+                *yv += crate::model::ops::dot(&u, br);
+            }
+        }
+    }
 }
 
 impl Linear {
     pub fn new(weight: QMatrix) -> Self {
-        Linear { weight }
+        Linear { weight, lora: None }
     }
     pub fn in_features(&self) -> usize {
         self.weight.cols
@@ -196,6 +182,9 @@ impl Linear {
     /// `y = x W^T` for `t` rows.
     pub fn forward(&self, x: &[f32], t: usize, y: &mut [f32]) {
         self.weight.matmul(x, t, y);
+        if let Some(l) = &self.lora {
+            l.apply(x, t, y);
+        }
     }
 }
 

@@ -257,8 +257,31 @@ impl Llama {
         let (d, hd) = (c.dim, c.head_dim);
         let (qd, kvd) = (c.q_dim(), c.kv_dim());
 
+        // Activation buffers, reused across calls through the cache (no allocation per
+        // decoded token but the returned logits).
+        let half = c.rope_dim / 2;
+        let n = n_logits.clamp(1, t);
+        let f = c.ffn_dim;
+        let sizes = [
+            t * d,    // x: residual stream         [t, d]
+            t * half, // cos                        [t, rope_dim/2]
+            t * half, // sin                        [t, rope_dim/2]
+            t * d,    // h: normed input            [t, d]
+            t * qd,   // q                          [t, nh*hd]
+            t * kvd,  // k                          [t, nkv*hd]
+            t * kvd,  // v                          [t, nkv*hd]
+            t * qd,   // att: attention output      [t, nh*hd]
+            t * d,    // proj: projections          [t, d]
+            t * f,    // gate                       [t, f]
+            t * f,    // up                         [t, f]
+            n * d,    // hn: normed last rows       [n, d]
+        ];
+        let mut bufs = cache.scratch.take(&sizes);
+        let [x, cos, sin, h, q, k, v, att, proj, gate, up, hn] = &mut bufs[..12] else {
+            unreachable!("12 buffers requested")
+        };
+
         // x: [t, d] token embeddings
-        let mut x = vec![0f32; t * d];
         for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
             if tok as usize >= c.vocab_size {
                 return Err(Error::InvalidArgument(format!(
@@ -270,9 +293,6 @@ impl Llama {
         }
 
         // RoPE tables for the batch positions: [t, rope_dim/2] each.
-        let half = c.rope_dim / 2;
-        let mut cos = vec![0f32; t * half];
-        let mut sin = vec![0f32; t * half];
         for i in 0..t {
             let s = i * half..(i + 1) * half;
             rope_angles(
@@ -292,23 +312,14 @@ impl Llama {
             softcap: None,
         };
 
-        let mut h = vec![0f32; t * d]; // normed input   [t, d]
-        let mut q = vec![0f32; t * qd]; //               [t, nh*hd]
-        let mut k = vec![0f32; t * kvd]; //              [t, nkv*hd]
-        let mut v = vec![0f32; t * kvd]; //              [t, nkv*hd]
-        let mut att = vec![0f32; t * qd]; // attention   [t, nh*hd]
-        let mut proj = vec![0f32; t * d]; // projections [t, d]
-        let mut gate = vec![0f32; t * c.ffn_dim]; //     [t, f]
-        let mut up = vec![0f32; t * c.ffn_dim]; //       [t, f]
-
         for (l, b) in self.blocks.iter().enumerate() {
             // --- attention
             for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                 rms_norm(xr, &b.attn_norm, c.rms_eps, hr);
             }
-            b.wq.forward(&h, t, &mut q);
-            b.wk.forward(&h, t, &mut k);
-            b.wv.forward(&h, t, &mut v);
+            b.wq.forward(h, t, q);
+            b.wk.forward(h, t, k);
+            b.wv.forward(h, t, v);
             for i in 0..t {
                 let (cs, sn) = (
                     &cos[i * half..(i + 1) * half],
@@ -321,31 +332,30 @@ impl Llama {
                     rope_normal(&mut head[..c.rope_dim], cs, sn);
                 }
             }
-            cache.push(l, &k, &v);
-            attention(&q, cache.keys(l), cache.values(l), pos0, t, shape, &mut att);
-            b.wo.forward(&att, t, &mut proj);
-            x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
+            cache.push(l, k, v);
+            attention(q, cache.keys(l), cache.values(l), pos0, t, shape, att);
+            b.wo.forward(att, t, proj);
+            x.iter_mut().zip(proj.iter()).for_each(|(a, p)| *a += p);
 
             // --- feed-forward (SwiGLU)
             for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                 rms_norm(xr, &b.ffn_norm, c.rms_eps, hr);
             }
-            b.w_gate.forward(&h, t, &mut gate);
-            b.w_up.forward(&h, t, &mut up);
-            swiglu(&mut gate, &up);
-            b.w_down.forward(&gate, t, &mut proj);
-            x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
+            b.w_gate.forward(h, t, gate);
+            b.w_up.forward(h, t, up);
+            swiglu(gate, up);
+            b.w_down.forward(gate, t, proj);
+            x.iter_mut().zip(proj.iter()).for_each(|(a, p)| *a += p);
         }
         cache.advance(t);
 
         // --- head: logits for the last n tokens, [n, vocab]
-        let n = n_logits.clamp(1, t);
-        let mut hn = vec![0f32; n * d];
         for (hr, xr) in hn.chunks_exact_mut(d).zip(x[(t - n) * d..].chunks_exact(d)) {
             rms_norm(xr, &self.output_norm, c.rms_eps, hr);
         }
         let mut logits = vec![0f32; n * c.vocab_size];
-        self.output.forward(&hn, n, &mut logits);
+        self.output.forward(hn, n, &mut logits);
+        cache.scratch.restore(bufs);
         Ok(logits)
     }
 }

@@ -4,8 +4,13 @@
 //! model is built from one weights source (today GGUF) and exposes one `forward`.
 
 pub mod attention;
+pub mod batch;
 pub mod fresh;
+pub mod gemma3;
 pub mod gguf;
+pub mod kernels;
+#[cfg(target_arch = "x86_64")]
+pub mod kernels_x86;
 pub mod linear;
 pub mod llama;
 pub mod ops;
@@ -15,6 +20,7 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 pub use attention::KvCache;
+use gemma3::Gemma3;
 use gguf::Gguf;
 use llama::Llama;
 
@@ -22,6 +28,7 @@ use llama::Llama;
 #[derive(Debug, Clone)]
 pub enum Model {
     Llama(Llama),
+    Gemma3(Gemma3),
 }
 
 impl Model {
@@ -30,6 +37,7 @@ impl Model {
         let arch = g.get_str("general.architecture")?;
         match arch {
             "llama" => Ok(Model::Llama(Llama::from_gguf(g)?)),
+            "gemma3" => Ok(Model::Gemma3(Gemma3::from_gguf(g)?)),
             other => Err(Error::UnsupportedArch(other.to_string())),
         }
     }
@@ -37,18 +45,21 @@ impl Model {
     pub fn arch(&self) -> &'static str {
         match self {
             Model::Llama(_) => "llama",
+            Model::Gemma3(_) => "gemma3",
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
             Model::Llama(m) => m.cfg.vocab_size,
+            Model::Gemma3(m) => m.cfg.vocab_size,
         }
     }
 
     pub fn context_length(&self) -> usize {
         match self {
             Model::Llama(m) => m.cfg.context_length,
+            Model::Gemma3(m) => m.cfg.context_length,
         }
     }
 
@@ -56,6 +67,7 @@ impl Model {
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         match self {
             Model::Llama(m) => m.new_cache(capacity),
+            Model::Gemma3(m) => m.new_cache(capacity),
         }
     }
 
@@ -68,6 +80,7 @@ impl Model {
     ) -> Result<Vec<f32>> {
         match self {
             Model::Llama(m) => m.forward(tokens, cache, n_logits),
+            Model::Gemma3(m) => m.forward(tokens, cache, n_logits),
         }
     }
 
@@ -91,6 +104,7 @@ impl Model {
                     .sum();
                 blocks + lin(&m.output)
             }
+            Model::Gemma3(m) => m.weight_bytes_per_token(),
         }
     }
 }

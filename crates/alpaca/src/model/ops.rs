@@ -16,24 +16,38 @@ pub enum SimdLevel {
 }
 
 static LEVEL: OnceLock<SimdLevel> = OnceLock::new();
+static HW_LEVEL: OnceLock<SimdLevel> = OnceLock::new();
 
-/// Detected SIMD level. `ALPACA_SIMD=scalar|avx2` forces a lower level (to test fallbacks).
-pub fn simd_level() -> SimdLevel {
-    *LEVEL.get_or_init(|| {
+/// The widest level the CPU supports, ignoring `ALPACA_SIMD` (tests use it to run every
+/// level's kernels directly).
+pub fn hw_simd_level() -> SimdLevel {
+    *HW_LEVEL.get_or_init(|| {
         #[allow(unused_mut)]
         let mut level = SimdLevel::Scalar;
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
                 level = SimdLevel::Avx2;
             }
             if level == SimdLevel::Avx2
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
             {
                 level = SimdLevel::Avx512;
             }
         }
+        level
+    })
+}
+
+/// Detected SIMD level. `ALPACA_SIMD=scalar|avx2` forces a lower level (to test fallbacks).
+pub fn simd_level() -> SimdLevel {
+    *LEVEL.get_or_init(|| {
+        let level = hw_simd_level();
         match std::env::var("ALPACA_SIMD").as_deref() {
             Ok("scalar") => SimdLevel::Scalar,
             Ok("avx2") => level.min(SimdLevel::Avx2),
@@ -52,9 +66,9 @@ macro_rules! dispatch {
             fn imp($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
                 unsafe fn avx512($($arg: $ty),*) -> $ret { imp($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
+                #[target_feature(enable = "avx2,fma,f16c")]
                 unsafe fn avx2($($arg: $ty),*) -> $ret { imp($($arg),*) }
                 match $crate::model::ops::simd_level() {
                     // SAFETY: the CPU supports the features these copies were compiled for.
@@ -181,6 +195,24 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 pub fn gelu_tanh(x: f32) -> f32 {
     const C: f32 = 0.797_884_6; // sqrt(2/pi)
     0.5 * x * (1.0 + (C * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// GeGLU in place (Gemma's feed-forward): `gate[i] = gelu_tanh(gate[i]) * up[i]`.
+pub fn geglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = gelu_tanh(*g) * u;
+    }
+}
+
+/// RMSNorm in place over each `w.len()`-sized chunk of `x` (one chunk per head): the
+/// QK-norm of Gemma 3, Qwen 3 and OLMo 2, applied to `[t, n_heads * head_dim]` rows.
+pub fn rms_norm_heads(x: &mut [f32], w: &[f32], eps: f32) {
+    for head in x.chunks_exact_mut(w.len()) {
+        let scale = 1.0 / (dot(head, head) / w.len() as f32 + eps).sqrt();
+        for (v, wi) in head.iter_mut().zip(w) {
+            *v *= scale * wi;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 //!
 //! Threads come from `MATMUL_NUM_THREADS` (read once by matrixmultiply).
 
+// BLAS-style signatures: the dimensions are the arguments.
+#![allow(clippy::too_many_arguments)]
+
 /// `c[m,n] = alpha * a[m,k] b[k,n] + beta * c`, with explicit row/column strides.
-#[allow(clippy::too_many_arguments)]
 pub fn sgemm(
     m: usize,
     k: usize,
@@ -63,17 +65,44 @@ fn beta(acc: bool) -> f32 {
 }
 
 /// `y[m,n] (+)= alpha * x[m,k] . w[n,k]^T`.
-pub fn nt(x: &[f32], w: &[f32], y: &mut [f32], m: usize, k: usize, n: usize, alpha: f32, acc: bool) {
+pub fn nt(
+    x: &[f32],
+    w: &[f32],
+    y: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    acc: bool,
+) {
     sgemm(m, k, n, alpha, x, (k, 1), w, (1, k), beta(acc), y, (n, 1));
 }
 
 /// `dx[m,k] (+)= alpha * dy[m,n] . w[n,k]`.
-pub fn nn(dy: &[f32], w: &[f32], dx: &mut [f32], m: usize, n: usize, k: usize, alpha: f32, acc: bool) {
+pub fn nn(
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    acc: bool,
+) {
     sgemm(m, n, k, alpha, dy, (n, 1), w, (k, 1), beta(acc), dx, (k, 1));
 }
 
 /// `dw[n,k] (+)= alpha * dy[m,n]^T . x[m,k]`.
-pub fn tn(dy: &[f32], x: &[f32], dw: &mut [f32], m: usize, n: usize, k: usize, alpha: f32, acc: bool) {
+pub fn tn(
+    dy: &[f32],
+    x: &[f32],
+    dw: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    acc: bool,
+) {
     sgemm(n, m, k, alpha, dy, (1, n), x, (k, 1), beta(acc), dw, (k, 1));
 }
 

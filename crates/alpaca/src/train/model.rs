@@ -101,6 +101,38 @@ impl Weight {
             }
         }
     }
+    /// Rows `r0..r1` as f32: borrowed when already f32, else dequantized (transiently).
+    fn rows_f32(&self, r0: usize, r1: usize) -> Cow<'_, [f32]> {
+        let cols = self.cols();
+        if let Cow::Borrowed(all) = self.f32_if_plain() {
+            return Cow::Borrowed(&all[r0 * cols..r1 * cols]);
+        }
+        let mut out = vec![0f32; (r1 - r0) * cols];
+        out.par_chunks_mut(cols * 64)
+            .enumerate()
+            .for_each(|(c, o)| {
+                for (j, row) in o.chunks_exact_mut(cols).enumerate() {
+                    self.row_into(r0 + c * 64 + j, row);
+                }
+            });
+        Cow::Owned(out)
+    }
+    /// The values when they are f32 already (no copy); empty otherwise.
+    fn f32_if_plain(&self) -> Cow<'_, [f32]> {
+        match self {
+            Weight::Train(p) => Cow::Borrowed(&p.w),
+            Weight::Frozen(q) if q.ty == GgmlType::F32 => {
+                // SAFETY: any bit pattern is a valid f32; alignment is checked by align_to.
+                let (pre, mid, post) = unsafe { q.data.bytes().align_to::<f32>() };
+                if pre.is_empty() && post.is_empty() {
+                    Cow::Borrowed(mid)
+                } else {
+                    Cow::Owned(Vec::new())
+                }
+            }
+            Weight::Frozen(_) => Cow::Owned(Vec::new()),
+        }
+    }
     /// Copy row `r` into `out` (embedding lookup).
     fn row_into(&self, r: usize, out: &mut [f32]) {
         match self {
@@ -226,7 +258,13 @@ impl Norm {
 
 /// Module names of a block's linears, in [`TBlock::lin`] order, and their HF parents.
 pub const LINEAR_NAMES: [&str; 7] = [
-    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
 ];
 const Q: usize = 0;
 const K: usize = 1;
@@ -284,21 +322,18 @@ pub struct TrainModel {
 
 /// Activations of one block saved by the forward for the backward.
 struct LayerActs {
-    x: Vec<f32>,     // [n, d] block input (residual)
-    rstd1: Vec<f32>, // [n]
-    h1: Vec<f32>,    // [n, d] attention norm output
-    q: Vec<f32>,     // [n, qd] after RoPE
-    k: Vec<f32>,     // [n, kvd] after RoPE
-    v: Vec<f32>,     // [n, kvd]
+    x: Vec<f32>,          // [n, d] block input (residual)
+    rstd1: Vec<f32>,      // [n]
+    q: Vec<f32>,          // [n, qd] after RoPE
+    k: Vec<f32>,          // [n, kvd] after RoPE
+    v: Vec<f32>,          // [n, kvd]
     probs: Vec<Vec<f32>>, // per (sequence, head): [L, L]
-    att: Vec<f32>,   // [n, qd]
-    x2: Vec<f32>,    // [n, d] residual after attention
-    rstd2: Vec<f32>, // [n]
-    h2: Vec<f32>,    // [n, d]
-    g: Vec<f32>,     // [n, f] gate pre-activation
-    up: Vec<f32>,    // [n, f]
-    act: Vec<f32>,   // [n, f] silu(g) * up
-    u: [Vec<f32>; 7], // LoRA intermediates [n, r]
+    att: Vec<f32>,        // [n, qd]
+    x2: Vec<f32>,         // [n, d] residual after attention
+    rstd2: Vec<f32>,      // [n]
+    g: Vec<f32>,          // [n, f] gate pre-activation
+    up: Vec<f32>,         // [n, f]
+    u: [Vec<f32>; 7],     // LoRA intermediates [n, r]
 }
 
 /// Loss of one micro-batch.
@@ -351,7 +386,13 @@ impl TrainModel {
                                     .collect();
                                 let p = format!("base_model.model.model.{key}");
                                 Lora {
-                                    a: Param::new(format!("{p}.lora_A.weight"), a, *r, q.cols, true),
+                                    a: Param::new(
+                                        format!("{p}.lora_A.weight"),
+                                        a,
+                                        *r,
+                                        q.cols,
+                                        true,
+                                    ),
                                     b: Param::new(
                                         format!("{p}.lora_B.weight"),
                                         vec![0.0; q.rows * r],
@@ -374,7 +415,10 @@ impl TrainModel {
                 .try_into()
                 .map_err(|_| Error::Internal("a block has 7 linears".into()))?;
             blocks.push(TBlock {
-                attn_norm: norm(format!("model.layers.{i}.input_layernorm.weight"), &b.attn_norm),
+                attn_norm: norm(
+                    format!("model.layers.{i}.input_layernorm.weight"),
+                    &b.attn_norm,
+                ),
                 ffn_norm: norm(
                     format!("model.layers.{i}.post_attention_layernorm.weight"),
                     &b.ffn_norm,
@@ -541,7 +585,6 @@ impl TrainModel {
             acts.push(LayerActs {
                 x: x_in,
                 rstd1,
-                h1,
                 q,
                 k,
                 v,
@@ -549,10 +592,8 @@ impl TrainModel {
                 att,
                 x2,
                 rstd2,
-                h2,
                 g,
                 up,
-                act,
                 u,
             });
         }
@@ -569,13 +610,30 @@ impl TrainModel {
         // ---------------------------------------------------------------- backward
         // dx: [n, d] gradient of the residual stream.
         let mut dx = vec![0f32; n * d];
-        rms_backward(&x, &self.out_norm, &rstdf, &dhf, d, &mut dx);
+        rms_backward(&x, &mut self.out_norm, &rstdf, &dhf, d, &mut dx);
         for (l, a) in acts.iter().enumerate().rev() {
             let blk = &mut self.blocks[l];
             // --- feed-forward
+            // Recomputed rather than saved: the norm outputs and silu(g) * up.
+            let (h1, _) = rms_forward(&a.x, blk.attn_norm.w(), c.rms_eps, d);
+            let (h2, _) = rms_forward(&a.x2, blk.ffn_norm.w(), c.rms_eps, d);
+            let act: Vec<f32> =
+                a.g.par_iter()
+                    .zip(&a.up)
+                    .map(|(g, u)| silu(*g) * u)
+                    .collect();
             let mut dact = vec![0f32; n * f];
             let lin = &mut blk.lin;
-            lin[DOWN].backward(&a.act, n, &dx, &a.u[DOWN], &mut dact, false, p_drop, lseed(l, DOWN));
+            lin[DOWN].backward(
+                &act,
+                n,
+                &dx,
+                &a.u[DOWN],
+                &mut dact,
+                false,
+                p_drop,
+                lseed(l, DOWN),
+            );
             let mut dg = vec![0f32; n * f];
             let mut dup = vec![0f32; n * f];
             dg.par_iter_mut()
@@ -588,21 +646,39 @@ impl TrainModel {
                     *dgi = da * a.up[i] * sg * (1.0 + gv * (1.0 - sg));
                 });
             let mut dh = vec![0f32; n * d];
-            lin[GATE].backward(&a.h2, n, &dg, &a.u[GATE], &mut dh, false, p_drop, lseed(l, GATE));
-            lin[UP].backward(&a.h2, n, &dup, &a.u[UP], &mut dh, true, p_drop, lseed(l, UP));
-            rms_backward(&a.x2, &blk.ffn_norm, &a.rstd2, &dh, d, &mut dx);
+            lin[GATE].backward(
+                &h2,
+                n,
+                &dg,
+                &a.u[GATE],
+                &mut dh,
+                false,
+                p_drop,
+                lseed(l, GATE),
+            );
+            lin[UP].backward(&h2, n, &dup, &a.u[UP], &mut dh, true, p_drop, lseed(l, UP));
+            rms_backward(&a.x2, &mut blk.ffn_norm, &a.rstd2, &dh, d, &mut dx);
 
             // --- attention
             let mut datt = vec![0f32; n * qd];
-            lin[O].backward(&a.att, n, &dx, &a.u[O], &mut datt, false, p_drop, lseed(l, O));
+            lin[O].backward(
+                &a.att,
+                n,
+                &dx,
+                &a.u[O],
+                &mut datt,
+                false,
+                p_drop,
+                lseed(l, O),
+            );
             let (mut dq, mut dk, dv) =
                 attention_backward(&a.q, &a.k, &a.v, &a.probs, &datt, &b.seqs, attn, n);
             rope(&mut dq, qd, &neg_sin);
             rope(&mut dk, kvd, &neg_sin);
-            lin[Q].backward(&a.h1, n, &dq, &a.u[Q], &mut dh, false, p_drop, lseed(l, Q));
-            lin[K].backward(&a.h1, n, &dk, &a.u[K], &mut dh, true, p_drop, lseed(l, K));
-            lin[V].backward(&a.h1, n, &dv, &a.u[V], &mut dh, true, p_drop, lseed(l, V));
-            rms_backward(&a.x, &blk.attn_norm, &a.rstd1, &dh, d, &mut dx);
+            lin[Q].backward(&h1, n, &dq, &a.u[Q], &mut dh, false, p_drop, lseed(l, Q));
+            lin[K].backward(&h1, n, &dk, &a.u[K], &mut dh, true, p_drop, lseed(l, K));
+            lin[V].backward(&h1, n, &dv, &a.u[V], &mut dh, true, p_drop, lseed(l, V));
+            rms_backward(&a.x, &mut blk.attn_norm, &a.rstd1, &dh, d, &mut dx);
         }
         if let Weight::Train(p) = &mut self.embd {
             for (row, &tok) in dx.chunks_exact(d).zip(&b.tokens) {
@@ -627,16 +703,28 @@ impl TrainModel {
     ) -> (f64, Vec<f32>) {
         let (d, vocab) = (self.cfg.dim, self.cfg.vocab_size);
         let n = hf.len() / d;
-        let mut dhf = if backward { vec![0f32; n * d] } else { Vec::new() };
+        let mut dhf = if backward {
+            vec![0f32; n * d]
+        } else {
+            Vec::new()
+        };
         let head = match &mut self.head {
             Some(h) => h,
             None => &mut self.embd,
         };
-        let (e, mut grad): (Cow<[f32]>, Option<&mut Vec<f32>>) = match head {
-            Weight::Train(p) => (Cow::Borrowed(&p.w), Some(&mut p.g)),
-            Weight::Frozen(_) => (head.f32(), None),
+        // A frozen (possibly quantized) head is dequantized a slice of the vocabulary at a
+        // time, so it never exists whole in f32; a trainable head is used in place.
+        let mut grad = match head {
+            Weight::Train(p) => Some(std::mem::take(&mut p.g)),
+            Weight::Frozen(_) => None,
         };
+        let head: &Weight = head;
         const CHUNK: usize = 256;
+        const VCH: usize = 8192;
+        let vchunks: Vec<(usize, usize)> = (0..vocab)
+            .step_by(VCH)
+            .map(|v0| (v0, (v0 + VCH).min(vocab)))
+            .collect();
         let mut loss = 0f64;
         for tc in targets.chunks(CHUNK) {
             let m = tc.len();
@@ -645,7 +733,22 @@ impl TrainModel {
                 row.copy_from_slice(&hf[i * d..(i + 1) * d]);
             }
             let mut logits = vec![0f32; m * vocab]; // [m, V]
-            gemm::nt(&ht, &e, &mut logits, m, d, vocab, 1.0, false);
+            for &(v0, v1) in &vchunks {
+                let e = head.rows_f32(v0, v1); // [vc, d]
+                gemm::sgemm(
+                    m,
+                    d,
+                    v1 - v0,
+                    1.0,
+                    &ht,
+                    (d, 1),
+                    &e,
+                    (1, d),
+                    0.0,
+                    &mut logits[v0..],
+                    (vocab, 1),
+                );
+            }
             let losses: Vec<f64> = logits
                 .par_chunks_mut(vocab)
                 .zip(tc)
@@ -667,13 +770,51 @@ impl TrainModel {
             if !backward {
                 continue;
             }
-            let mut dht = vec![0f32; m * d];
-            gemm::nn(&logits, &e, &mut dht, m, vocab, d, 1.0, false); // [m, d]
-            if let Some(g) = grad.as_deref_mut() {
-                gemm::tn(&logits, &ht, g, m, vocab, d, 1.0, true); // dE[V, d] += dl^T ht
+            let mut dht = vec![0f32; m * d]; // [m, d] = dlogits . E
+            for &(v0, v1) in &vchunks {
+                let vc = v1 - v0;
+                let e = head.rows_f32(v0, v1);
+                gemm::sgemm(
+                    m,
+                    vc,
+                    d,
+                    1.0,
+                    &logits[v0..],
+                    (vocab, 1),
+                    &e,
+                    (d, 1),
+                    1.0,
+                    &mut dht,
+                    (d, 1),
+                );
+                if let Some(g) = grad.as_deref_mut() {
+                    // dE[v0..v1, d] += dlogits[:, v0..v1]^T ht
+                    gemm::sgemm(
+                        vc,
+                        m,
+                        d,
+                        1.0,
+                        &logits[v0..],
+                        (1, vocab),
+                        &ht,
+                        (d, 1),
+                        1.0,
+                        &mut g[v0 * d..],
+                        (d, 1),
+                    );
+                }
             }
             for (row, &(i, _)) in dht.chunks_exact(d).zip(tc) {
                 dhf[i * d..(i + 1) * d].copy_from_slice(row);
+            }
+        }
+        if let Some(g) = grad {
+            let head = match &mut self.head {
+                Some(h) => h,
+                None => &mut self.embd,
+            };
+            if let Weight::Train(p) = head {
+                p.g = g;
             }
         }
         (loss, dhf)
@@ -699,7 +840,7 @@ fn rms_forward(x: &[f32], w: &[f32], eps: f32, d: usize) -> (Vec<f32>, Vec<f32>)
 
 /// RMSNorm backward: adds `dL/dx` into `dx`, and `dL/dw` into the norm's gradient when
 /// trainable. `dx_i = r w_i dy_i - r^3/d x_i sum_j(dy_j w_j x_j)`.
-fn rms_backward(x: &[f32], norm: &Norm, rstd: &[f32], dy: &[f32], d: usize, dx: &mut [f32]) {
+fn rms_backward(x: &[f32], norm: &mut Norm, rstd: &[f32], dy: &[f32], d: usize, dx: &mut [f32]) {
     let w = norm.w();
     dx.par_chunks_mut(d)
         .zip(x.par_chunks(d).zip(dy.par_chunks(d)))
@@ -711,14 +852,220 @@ fn rms_backward(x: &[f32], norm: &Norm, rstd: &[f32], dy: &[f32], d: usize, dx: 
                 o[j] += r * w[j] * dyr[j] - c * xr[j];
             }
         });
-    if let Norm::Train(p) = norm_mut_hack(norm) {
+    if let Norm::Train(p) = norm {
         // Sequential over rows: deterministic sums.
-        let mut g = vec![0f32; d];
         for ((xr, dyr), &r) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(rstd) {
             for j in 0..d {
-                g[j] += dyr[j] * xr[j] * r;
+                p.g[j] += dyr[j] * xr[j] * r;
             }
         }
-        p.pending.lock().expect("not poisoned").push(g);
     }
+}
+
+/// Attention geometry.
+#[derive(Debug, Clone, Copy)]
+struct AttnCfg {
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    scale: f32,
+}
+
+/// Causal GQA attention over packed sequences. Returns the probabilities per
+/// (sequence, head) (`[L, L]`, zero above the diagonal) and the output `[n, qd]`.
+fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seqs: &[(usize, usize)],
+    a: AttnCfg,
+    n: usize,
+) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let (hd, qd, kvd) = (a.hd, a.nh * a.hd, a.nkv * a.hd);
+    let group = a.nh / a.nkv;
+    let tasks: Vec<(usize, usize)> = (0..seqs.len())
+        .flat_map(|s| (0..a.nh).map(move |h| (s, h)))
+        .collect();
+    let res: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(s, h)| {
+            let (start, len) = seqs[s];
+            let g = h / group;
+            let qh = &q[start * qd + h * hd..];
+            let kh = &k[start * kvd + g * hd..];
+            let vh = &v[start * kvd + g * hd..];
+            let mut p = vec![0f32; len * len]; // [L, L] scores -> probabilities
+            gemm::sgemm(
+                len,
+                hd,
+                len,
+                a.scale,
+                qh,
+                (qd, 1),
+                kh,
+                (1, kvd),
+                0.0,
+                &mut p,
+                (len, 1),
+            );
+            for (i, row) in p.chunks_exact_mut(len).enumerate() {
+                softmax(&mut row[..=i]);
+                row[i + 1..].fill(0.0);
+            }
+            let mut o = vec![0f32; len * hd]; // [L, hd]
+            gemm::sgemm(
+                len,
+                len,
+                hd,
+                1.0,
+                &p,
+                (len, 1),
+                vh,
+                (kvd, 1),
+                0.0,
+                &mut o,
+                (hd, 1),
+            );
+            (p, o)
+        })
+        .collect();
+    let mut out = vec![0f32; n * qd];
+    let mut probs = Vec::with_capacity(res.len());
+    for (&(s, h), (p, o)) in tasks.iter().zip(res) {
+        let start = seqs[s].0;
+        for (i, row) in o.chunks_exact(hd).enumerate() {
+            let at = (start + i) * qd + h * hd;
+            out[at..at + hd].copy_from_slice(row);
+        }
+        probs.push(p);
+    }
+    (probs, out)
+}
+
+/// Backward of [`attention_forward`]: `(dq [n, qd], dk [n, kvd], dv [n, kvd])`, gradients
+/// with respect to the post-RoPE `q` and `k`. One task per (sequence, kv head), so the
+/// grouped heads' contributions to `dk`/`dv` add up without races.
+#[allow(clippy::too_many_arguments)]
+fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[Vec<f32>],
+    datt: &[f32],
+    seqs: &[(usize, usize)],
+    a: AttnCfg,
+    n: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (hd, qd, kvd) = (a.hd, a.nh * a.hd, a.nkv * a.hd);
+    let group = a.nh / a.nkv;
+    let tasks: Vec<(usize, usize)> = (0..seqs.len())
+        .flat_map(|s| (0..a.nkv).map(move |g| (s, g)))
+        .collect();
+    type Grads = (Vec<Vec<f32>>, Vec<f32>, Vec<f32>);
+    let res: Vec<Grads> = tasks
+        .par_iter()
+        .map(|&(s, g)| {
+            let (start, len) = seqs[s];
+            let kh = &k[start * kvd + g * hd..];
+            let vh = &v[start * kvd + g * hd..];
+            let mut dkh = vec![0f32; len * hd];
+            let mut dvh = vec![0f32; len * hd];
+            let mut dqs = Vec::with_capacity(group);
+            let mut dp = vec![0f32; len * len];
+            for h in g * group..(g + 1) * group {
+                let p = &probs[s * a.nh + h]; // [L, L]
+                let doh = &datt[start * qd + h * hd..]; // [L, hd] stride qd
+                let qh = &q[start * qd + h * hd..];
+                // dV += P^T dO
+                gemm::sgemm(
+                    len,
+                    len,
+                    hd,
+                    1.0,
+                    p,
+                    (1, len),
+                    doh,
+                    (qd, 1),
+                    1.0,
+                    &mut dvh,
+                    (hd, 1),
+                );
+                // dP = dO V^T  [L, L]
+                gemm::sgemm(
+                    len,
+                    hd,
+                    len,
+                    1.0,
+                    doh,
+                    (qd, 1),
+                    vh,
+                    (1, kvd),
+                    0.0,
+                    &mut dp,
+                    (len, 1),
+                );
+                // dS = P * (dP - rowsum(P * dP)) * scale
+                for (i, (dr, pr)) in dp
+                    .chunks_exact_mut(len)
+                    .zip(p.chunks_exact(len))
+                    .enumerate()
+                {
+                    let s: f32 = (0..=i).map(|j| dr[j] * pr[j]).sum();
+                    for j in 0..=i {
+                        dr[j] = pr[j] * (dr[j] - s) * a.scale;
+                    }
+                    dr[i + 1..].fill(0.0);
+                }
+                // dQ = dS K ; dK += dS^T Q
+                let mut dqh = vec![0f32; len * hd];
+                gemm::sgemm(
+                    len,
+                    len,
+                    hd,
+                    1.0,
+                    &dp,
+                    (len, 1),
+                    kh,
+                    (kvd, 1),
+                    0.0,
+                    &mut dqh,
+                    (hd, 1),
+                );
+                gemm::sgemm(
+                    len,
+                    len,
+                    hd,
+                    1.0,
+                    &dp,
+                    (1, len),
+                    qh,
+                    (qd, 1),
+                    1.0,
+                    &mut dkh,
+                    (hd, 1),
+                );
+                dqs.push(dqh);
+            }
+            (dqs, dkh, dvh)
+        })
+        .collect();
+    let mut dq = vec![0f32; n * qd];
+    let mut dk = vec![0f32; n * kvd];
+    let mut dv = vec![0f32; n * kvd];
+    for (&(s, g), (dqs, dkh, dvh)) in tasks.iter().zip(res) {
+        let start = seqs[s].0;
+        for i in 0..seqs[s].1 {
+            let r = start + i;
+            for (j, dqh) in dqs.iter().enumerate() {
+                let h = g * group + j;
+                dq[r * qd + h * hd..r * qd + (h + 1) * hd]
+                    .copy_from_slice(&dqh[i * hd..(i + 1) * hd]);
+            }
+            dk[r * kvd + g * hd..r * kvd + (g + 1) * hd]
+                .copy_from_slice(&dkh[i * hd..(i + 1) * hd]);
+            dv[r * kvd + g * hd..r * kvd + (g + 1) * hd]
+                .copy_from_slice(&dvh[i * hd..(i + 1) * hd]);
+        }
+    }
+    (dq, dk, dv)
 }

@@ -1,0 +1,342 @@
+//! Batched decoding: one forward step for several independent sequences at once.
+//!
+//! Each sequence feeds one new token and keeps its own KV cache (its own length and
+//! positions). The weight matmuls run once on the stacked rows of all sequences, so every
+//! weight row is read once per step however many sequences advance: decoding is
+//! memory-bandwidth bound, so aggregate tokens/s grows with the batch. Attention is the only
+//! per-sequence part, each sequence against its own cache.
+//!
+//! This is the server's decode step (continuous batching). It must equal running
+//! [`Model::forward`] on each sequence alone; the tests below pin that.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::attention::{attention, AttnShape, KvCache};
+use crate::model::kernels;
+use crate::model::linear::{Linear, QMatrix};
+use crate::model::llama::Llama;
+use crate::model::ops::{dispatch, hsum16, rms_norm, rope_angles, rope_normal, swiglu};
+use crate::model::quant::{dequantize_row, GgmlType};
+use crate::model::Model;
+
+impl Model {
+    /// Advance `b = tokens.len()` sequences by one token each: `tokens[i]` is appended to
+    /// `caches[i]` at position `caches[i].len()`. Returns logits `[b, vocab]`, row `i` for
+    /// sequence `i`. On error no cache is changed.
+    pub fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<f32>> {
+        let b = tokens.len();
+        if b == 0 || caches.len() != b {
+            return Err(Error::InvalidArgument(format!(
+                "forward_batch: {b} tokens for {} caches",
+                caches.len()
+            )));
+        }
+        let vocab = self.vocab_size();
+        for (cache, &tok) in caches.iter().zip(tokens) {
+            if cache.len() + 1 > cache.capacity() {
+                return Err(Error::ContextOverflow {
+                    prompt: cache.len() + 1,
+                    max_new: 0,
+                    ctx: cache.capacity(),
+                });
+            }
+            if tok as usize >= vocab {
+                return Err(Error::InvalidArgument(format!(
+                    "token id {tok} is outside the vocabulary of {vocab}"
+                )));
+            }
+        }
+        match self {
+            Model::Llama(m) => Ok(llama_step(m, tokens, caches)),
+            // Architectures without a batched step run each sequence alone (correct, but
+            // without the shared weight reads).
+            _ => {
+                let mut logits = Vec::with_capacity(b * vocab);
+                for (cache, &tok) in caches.iter_mut().zip(tokens) {
+                    logits.extend(self.forward(&[tok], cache, 1)?);
+                }
+                Ok(logits)
+            }
+        }
+    }
+}
+
+/// The LLaMA decode step for `b` sequences (inputs already validated): see
+/// [`Llama::forward`](crate::model::llama::Llama::forward), of which this is the `t = 1`
+/// case with one row per sequence.
+fn llama_step(m: &Llama, tokens: &[u32], caches: &mut [&mut KvCache]) -> Vec<f32> {
+    let b = tokens.len();
+    let c = &m.cfg;
+    let (d, hd) = (c.dim, c.head_dim);
+    let (qd, kvd) = (c.q_dim(), c.kv_dim());
+
+    // x: [b, d] token embeddings, one row per sequence
+    let mut x = vec![0f32; b * d];
+    for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
+        m.tok_embd.dequantize_row_into(tok as usize, row);
+    }
+    // RoPE tables at each sequence's own position: [b, rope_dim/2]
+    let half = c.rope_dim / 2;
+    let mut cos = vec![0f32; b * half];
+    let mut sin = vec![0f32; b * half];
+    for (i, cache) in caches.iter().enumerate() {
+        let s = i * half..(i + 1) * half;
+        rope_angles(
+            cache.len(),
+            c.rope_dim,
+            c.rope_base,
+            &mut cos[s.clone()],
+            &mut sin[s],
+        );
+    }
+    let shape = AttnShape {
+        n_heads: c.n_heads,
+        n_kv_heads: c.n_kv_heads,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        window: None,
+        softcap: None,
+    };
+
+    let mut h = vec![0f32; b * d]; //               [b, d]
+    let mut q = vec![0f32; b * qd]; //              [b, nh*hd]
+    let mut k = vec![0f32; b * kvd]; //             [b, nkv*hd]
+    let mut v = vec![0f32; b * kvd]; //             [b, nkv*hd]
+    let mut att = vec![0f32; b * qd]; //            [b, nh*hd]
+    let mut proj = vec![0f32; b * d]; //            [b, d]
+    let mut gate = vec![0f32; b * c.ffn_dim]; //    [b, f]
+    let mut up = vec![0f32; b * c.ffn_dim]; //      [b, f]
+
+    for (l, blk) in m.blocks.iter().enumerate() {
+        // --- attention: shared projections, per-sequence attention
+        for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            rms_norm(xr, &blk.attn_norm, c.rms_eps, hr);
+        }
+        linear(&blk.wq, &h, b, &mut q);
+        linear(&blk.wk, &h, b, &mut k);
+        linear(&blk.wv, &h, b, &mut v);
+        for i in 0..b {
+            let cs = &cos[i * half..(i + 1) * half];
+            let sn = &sin[i * half..(i + 1) * half];
+            for head in q[i * qd..(i + 1) * qd].chunks_exact_mut(hd) {
+                rope_normal(&mut head[..c.rope_dim], cs, sn);
+            }
+            for head in k[i * kvd..(i + 1) * kvd].chunks_exact_mut(hd) {
+                rope_normal(&mut head[..c.rope_dim], cs, sn);
+            }
+        }
+        for (i, cache) in caches.iter_mut().enumerate() {
+            cache.push(l, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
+        }
+        // One task per sequence; `attention` splits each over its heads.
+        att.par_chunks_mut(qd)
+            .zip(q.par_chunks(qd))
+            .zip(caches.par_iter())
+            .for_each(|((out, qi), cache)| {
+                let pos = cache.len();
+                let (keys, values) = (cache.keys(l), cache.values(l));
+                attention(qi, keys, values, pos, 1, shape, out);
+            });
+        linear(&blk.wo, &att, b, &mut proj);
+        x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
+
+        // --- feed-forward (SwiGLU), shared
+        for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+            rms_norm(xr, &blk.ffn_norm, c.rms_eps, hr);
+        }
+        linear(&blk.w_gate, &h, b, &mut gate);
+        linear(&blk.w_up, &h, b, &mut up);
+        swiglu(&mut gate, &up);
+        linear(&blk.w_down, &gate, b, &mut proj);
+        x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
+    }
+    for cache in caches.iter_mut() {
+        cache.advance(1);
+    }
+
+    // --- head: logits [b, vocab]
+    for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        rms_norm(xr, &m.output_norm, c.rms_eps, hr);
+    }
+    let mut logits = vec![0f32; b * c.vocab_size];
+    linear(&m.output, &h, b, &mut logits);
+    logits
+}
+
+/// `y = x W^T` (+ the layer's LoRA adapter) for the `b` decode rows.
+fn linear(l: &Linear, x: &[f32], b: usize, y: &mut [f32]) {
+    let w = &l.weight;
+    let mode = std::env::var("ALPACA_BATCH_KERNEL").unwrap_or_default();
+    if mode == "gemm" {
+        w.matmul(x, b, y);
+    } else if mode == "matvec" || b == 1 || w.ty.block_size() < 32 {
+        kernels::matvec(
+            kernels::default_level(),
+            w.ty,
+            w.data.bytes(),
+            w.rows,
+            w.cols,
+            x,
+            b,
+            y,
+        );
+    } else {
+        dequant_dots(w, x, b, y);
+    }
+    if let Some(lora) = &l.lora {
+        lora.apply(x, b, y);
+    }
+}
+
+/// Each weight block dequantized once (into registers / L1), then dotted in `f32` with all
+/// `b` rows of `x`: the unpacking (the costly part of a quantized dot) is shared by the
+/// batch. Parallel over weight rows.
+fn dequant_dots(w: &QMatrix, x: &[f32], b: usize, y: &mut [f32]) {
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = (w.rows / (threads * 8)).clamp(8, 256);
+    // Results per weight row are contiguous in a transposed buffer: [rows, b].
+    let mut yt = vec![0f32; b * w.rows];
+    yt.par_chunks_mut(chunk * b).enumerate().for_each_init(
+        || vec![0f32; 16 * b],
+        |acc, (ci, ys)| {
+            for (j, yrow) in ys.chunks_exact_mut(b).enumerate() {
+                row_dots(w.ty, w.row(ci * chunk + j), x, w.cols, acc, yrow);
+            }
+        },
+    );
+    for (r, col) in yt.chunks_exact(b).enumerate() {
+        for (i, v) in col.iter().enumerate() {
+            y[i * w.rows + r] = *v;
+        }
+    }
+}
+
+dispatch!(row_dots(ty: GgmlType, row: &[u8], x: &[f32], cols: usize, acc: &mut [f32], out: &mut [f32]) -> () {
+    // `acc`: 16 partial sums per batch row. Block types only (`block_size` 32 or 256).
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    acc.fill(0.0);
+    let mut buf = [0f32; 256];
+    for (k, blk) in row.chunks_exact(ts).enumerate() {
+        let wv = &mut buf[..bs];
+        dequantize_row(ty, blk, wv);
+        for (i, a) in acc.chunks_exact_mut(16).enumerate() {
+            let xi = &x[i * cols + k * bs..i * cols + (k + 1) * bs];
+            for (wc, xc) in wv.chunks_exact(16).zip(xi.chunks_exact(16)) {
+                for l in 0..16 {
+                    a[l] = wc[l].mul_add(xc[l], a[l]);
+                }
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc.chunks_exact(16)) {
+        let mut s = [0f32; 16];
+        s.copy_from_slice(a);
+        *o = hsum16(&s);
+    }
+});
+
+#[cfg(test)]
+mod tests {
+    use crate::model::fresh::{random_llama_gguf, tiny_llama_config};
+    use crate::model::gguf::Gguf;
+    use crate::model::quant::GgmlType;
+    use crate::model::Model;
+    use crate::tokenizer::tiny_test_vocab;
+
+    fn tiny(ty: GgmlType) -> Model {
+        let vocab = tiny_test_vocab();
+        let w = random_llama_gguf(&tiny_llama_config(vocab.tokens.len()), &vocab, ty, 11)
+            .expect("tiny model");
+        let p = std::env::temp_dir().join(format!(
+            "alpaca-batch-test-{}-{}.gguf",
+            std::process::id(),
+            ty.name()
+        ));
+        w.write(&p).expect("write");
+        let m = Model::from_gguf(&Gguf::open(&p).expect("open")).expect("load");
+        let _ = std::fs::remove_file(&p);
+        m
+    }
+
+    /// Sequences of different lengths stepped together give the logits each gets alone.
+    #[test]
+    fn batched_decode_equals_per_sequence_forward() {
+        for ty in [GgmlType::F32, GgmlType::Q8_0] {
+            let m = tiny(ty);
+            let prompts: [&[u32]; 3] = [&[5, 70, 80], &[9], &[100, 101, 102, 103, 104, 105]];
+            let mut alone: Vec<_> = prompts.iter().map(|_| m.new_cache(64)).collect();
+            let mut batched: Vec<_> = prompts.iter().map(|_| m.new_cache(64)).collect();
+            for (i, p) in prompts.iter().enumerate() {
+                m.forward(p, &mut alone[i], 1).expect("prefill");
+                m.forward(p, &mut batched[i], 1).expect("prefill");
+            }
+            let vocab = m.vocab_size();
+            for step in 0..4u32 {
+                let toks: Vec<u32> = (0..3).map(|i| 20 + 7 * i + step).collect();
+                let mut refs: Vec<_> = batched.iter_mut().collect();
+                let got = m.forward_batch(&toks, &mut refs).expect("batch step");
+                for (i, &t) in toks.iter().enumerate() {
+                    let want = m.forward(&[t], &mut alone[i], 1).expect("step");
+                    let row = &got[i * vocab..(i + 1) * vocab];
+                    for (a, b) in row.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-4, "{} seq {i} step {step}", ty.name());
+                    }
+                    assert_eq!(batched[i].len(), alone[i].len());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn full_cache_is_an_error_and_changes_nothing() {
+        let m = tiny(GgmlType::F32);
+        let mut a = m.new_cache(2);
+        let mut b = m.new_cache(8);
+        m.forward(&[1, 2], &mut a, 1).expect("fill");
+        m.forward(&[1], &mut b, 1).expect("prefill");
+        assert!(m.forward_batch(&[3, 4], &mut [&mut a, &mut b]).is_err());
+        assert_eq!((a.len(), b.len()), (2, 1));
+        assert!(m.forward_batch(&[3], &mut [&mut b, &mut a]).is_err());
+    }
+}
+
+#[cfg(test)]
+mod bench {
+    use std::time::Instant;
+
+    use crate::model::gguf::Gguf;
+    use crate::model::Model;
+
+    /// Decode-step time by batch size on the default model (timing only; run by hand):
+    /// `cargo test --release -p alpaca --lib batch_step_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn batch_step_timing() {
+        let p = crate::assets::default_model_path();
+        let m = Model::from_gguf(&Gguf::open(&p).expect("open")).expect("load");
+        for b in [1usize, 2, 4, 8, 16] {
+            let mut caches: Vec<_> = (0..b).map(|_| m.new_cache(512)).collect();
+            for c in caches.iter_mut() {
+                m.forward(&[1, 2, 3, 4, 5, 6, 7, 8], c, 1).expect("prefill");
+            }
+            let toks = vec![42u32; b];
+            let n = 5;
+            let mut step = f64::INFINITY;
+            for _ in 0..4 {
+                let t0 = Instant::now();
+                for _ in 0..n {
+                    let mut refs: Vec<_> = caches.iter_mut().collect();
+                    m.forward_batch(&toks, &mut refs).expect("step");
+                }
+                step = step.min(t0.elapsed().as_secs_f64() / n as f64);
+            }
+            eprintln!(
+                "{:?} b={b:2}: {:.1} ms/step, {:.0} tok/s",
+                std::env::var("ALPACA_BATCH_KERNEL"),
+                step * 1e3,
+                b as f64 / step
+            );
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! What a run leaves behind: a PEFT-compatible LoRA adapter (`adapter_model.safetensors` +
+//! `adapter_config.json`) or a full model in Hugging Face layout (`model.safetensors` +
+//! `config.json`), and the reverse: loading an adapter onto an inference [`Llama`].
+//!
+//! GGUF stores q/k rows permuted for adjacent-pair RoPE (llama.cpp's `permute`); Hugging Face
+//! uses rotate-half. Training works in GGUF layout, so output rows of q/k weights (and of
+//! LoRA `B` for q/k) are un-permuted on export and permuted back on load.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::checkpoint::{read_safetensors, write_safetensors, TensorRef};
+use super::model::{linear_parent, Method, Norm, TrainModel, Weight, LINEAR_NAMES};
+use crate::error::{Error, Result};
+use crate::model::linear::LoraAdapter;
+use crate::model::llama::{Llama, LlamaConfig};
+
+/// Rows of a q/k matrix (`heads * hd` rows of `cols`) from GGUF to HF order:
+/// HF row `h*hd + p*hd/2 + i` is GGUF row `h*hd + 2i + p`.
+pub fn unpermute_rows(w: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    let half = hd / 2;
+    for h in 0..heads {
+        for i in 0..half {
+            for p in 0..2 {
+                let (src, dst) = (h * hd + 2 * i + p, h * hd + p * half + i);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Inverse of [`unpermute_rows`]: HF order to GGUF order.
+pub fn permute_rows(w: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    let half = hd / 2;
+    for h in 0..heads {
+        for i in 0..half {
+            for p in 0..2 {
+                let (dst, src) = (h * hd + 2 * i + p, h * hd + p * half + i);
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Heads of linear `j` whose rows are RoPE-permuted (q, k), if any.
+fn rope_heads(cfg: &LlamaConfig, j: usize) -> Option<usize> {
+    match j {
+        0 => Some(cfg.n_heads),
+        1 => Some(cfg.n_kv_heads),
+        _ => None,
+    }
+}
+
+/// Write `adapter_model.safetensors` and `adapter_config.json` (PEFT) into `dir`.
+pub fn save_adapter(dir: &Path, m: &TrainModel, method: &Method, base: &str) -> Result<()> {
+    let Method::Lora {
+        r,
+        alpha,
+        dropout,
+        targets,
+    } = method
+    else {
+        return Err(Error::Internal("save_adapter on a full fine-tune".into()));
+    };
+    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    for b in &m.blocks {
+        for (j, l) in b.lin.iter().enumerate() {
+            let Some(lo) = &l.lora else { continue };
+            owned.push((
+                lo.a.name.clone(),
+                vec![lo.a.rows, lo.a.cols],
+                lo.a.w.clone(),
+            ));
+            let bw = match rope_heads(&m.cfg, j) {
+                Some(h) => unpermute_rows(&lo.b.w, h, m.cfg.head_dim, lo.b.cols),
+                None => lo.b.w.clone(),
+            };
+            owned.push((lo.b.name.clone(), vec![lo.b.rows, lo.b.cols], bw));
+        }
+    }
+    let tensors: Vec<TensorRef> = owned
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
+        .collect();
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(&dir.join("adapter_model.safetensors"), &tensors, &meta)?;
+    let modules: Vec<&str> = (0..7)
+        .filter(|&j| targets[j])
+        .map(|j| LINEAR_NAMES[j])
+        .collect();
+    let cfg = json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": r,
+        "lora_alpha": alpha,
+        "lora_dropout": dropout,
+        "target_modules": modules,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+    });
+    write_json(&dir.join("adapter_config.json"), &cfg)
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Internal(e.to_string()))?;
+    crate::data::io::write_atomic(path, text.as_bytes())
+}
+
+/// Write a fully fine-tuned model as `model.safetensors` + `config.json` (Hugging Face
+/// `LlamaForCausalLM` names and layout).
+pub fn save_full(dir: &Path, m: &TrainModel) -> Result<()> {
+    let c = &m.cfg;
+    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
+    let mut push = |name: String, rows: usize, cols: usize, w: Vec<f32>| {
+        let shape = if rows == 1 {
+            vec![cols]
+        } else {
+            vec![rows, cols]
+        };
+        owned.push((name, shape, w));
+    };
+    let weight = |w: &Weight| w.f32().into_owned();
+    let norm = |n: &Norm| match n {
+        Norm::Frozen(w) => w.clone(),
+        Norm::Train(p) => p.w.clone(),
+    };
+    push(
+        "model.embed_tokens.weight".into(),
+        c.vocab_size,
+        c.dim,
+        weight(&m.embd),
+    );
+    for (i, b) in m.blocks.iter().enumerate() {
+        let p = format!("model.layers.{i}");
+        push(
+            format!("{p}.input_layernorm.weight"),
+            1,
+            c.dim,
+            norm(&b.attn_norm),
+        );
+        push(
+            format!("{p}.post_attention_layernorm.weight"),
+            1,
+            c.dim,
+            norm(&b.ffn_norm),
+        );
+        for (j, l) in b.lin.iter().enumerate() {
+            let (rows, cols) = (l.w.rows(), l.w.cols());
+            let w = weight(&l.w);
+            let w = match rope_heads(c, j) {
+                Some(h) => unpermute_rows(&w, h, c.head_dim, cols),
+                None => w,
+            };
+            push(
+                format!("{p}.{}.{}.weight", linear_parent(j), LINEAR_NAMES[j]),
+                rows,
+                cols,
+                w,
+            );
+        }
+    }
+    push("model.norm.weight".into(), 1, c.dim, norm(&m.out_norm));
+    if let Some(h) = &m.head {
+        push("lm_head.weight".into(), c.vocab_size, c.dim, weight(h));
+    }
+    let tensors: Vec<TensorRef> = owned
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
+        .collect();
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    write_safetensors(&dir.join("model.safetensors"), &tensors, &meta)?;
+    write_json(&dir.join("config.json"), &hf_config(c, m.head.is_none()))
+}
+
+/// A Hugging Face `config.json` for a LLaMA of this shape.
+pub fn hf_config(c: &LlamaConfig, tied: bool) -> serde_json::Value {
+    json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": c.dim,
+        "intermediate_size": c.ffn_dim,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.context_length,
+        "rms_norm_eps": c.rms_eps,
+        "rope_theta": c.rope_base,
+        "tie_word_embeddings": tied,
+        "hidden_act": "silu",
+        "attention_bias": false,
+        "mlp_bias": false,
+        "torch_dtype": "float32",
+    })
+}
+
+/// Attach a PEFT LoRA adapter directory (or its `adapter_model.safetensors`) to an inference
+/// model: every `lora_A`/`lora_B` pair found becomes the [`LoraAdapter`] of its linear.
+/// Returns how many linears got an adapter.
+pub fn load_adapter(path: &Path, m: &mut Llama) -> Result<usize> {
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    let file = if path.is_dir() {
+        dir.join("adapter_model.safetensors")
+    } else {
+        path.to_path_buf()
+    };
+    let cfg_path = dir.join("adapter_config.json");
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+    let cfg: serde_json::Value = serde_json::from_str(&cfg_text).map_err(|e| Error::Data {
+        path: cfg_path.clone(),
+        line: e.line(),
+        reason: e.to_string(),
+    })?;
+    let r = cfg["r"].as_u64().unwrap_or(0) as usize;
+    let alpha = cfg["lora_alpha"].as_f64().unwrap_or(r as f64) as f32;
+    if r == 0 {
+        return Err(Error::Train(format!(
+            "{}: `r` must be a positive integer",
+            cfg_path.display()
+        )));
+    }
+    let mut st = read_safetensors(&file)?;
+    let c = m.cfg.clone();
+    let mut count = 0;
+    for (i, b) in m.blocks.iter_mut().enumerate() {
+        let lins = [
+            &mut b.wq,
+            &mut b.wk,
+            &mut b.wv,
+            &mut b.wo,
+            &mut b.w_gate,
+            &mut b.w_up,
+            &mut b.w_down,
+        ];
+        for (j, lin) in lins.into_iter().enumerate() {
+            let key = format!(
+                "base_model.model.model.layers.{i}.{}.{}",
+                linear_parent(j),
+                LINEAR_NAMES[j]
+            );
+            let a = st.tensors.remove(&format!("{key}.lora_A.weight"));
+            let bm = st.tensors.remove(&format!("{key}.lora_B.weight"));
+            let (Some((sa, a)), Some((sb, bw))) = (a, bm) else {
+                continue;
+            };
+            let (rows, cols) = (lin.out_features(), lin.in_features());
+            if sa != [r, cols] || sb != [rows, r] {
+                return Err(Error::Tensor {
+                    name: key,
+                    reason: format!(
+                        "adapter shapes {sa:?}/{sb:?} do not fit a {rows}x{cols} linear at r={r}"
+                    ),
+                });
+            }
+            let bw = match rope_heads(&c, j) {
+                Some(h) => permute_rows(&bw, h, c.head_dim, r),
+                None => bw,
+            };
+            lin.lora = Some(LoraAdapter {
+                a,
+                b: bw,
+                r,
+                scale: alpha / r as f32,
+            });
+            count += 1;
+        }
+    }
+    if count == 0 {
+        return Err(Error::Train(format!(
+            "{}: no LoRA tensors for this model",
+            file.display()
+        )));
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_round_trips_and_matches_llama_cpp() {
+        // 1 head of dim 4, 1 column: GGUF rows [a0 b0 a1 b1] are HF rows [a0 a1 b0 b1].
+        let g = [0.0, 1.0, 2.0, 3.0];
+        assert_eq!(unpermute_rows(&g, 1, 4, 1), vec![0.0, 2.0, 1.0, 3.0]);
+        let w: Vec<f32> = (0..2 * 8 * 3).map(|i| i as f32).collect();
+        assert_eq!(permute_rows(&unpermute_rows(&w, 2, 8, 3), 2, 8, 3), w);
+    }
+}
