@@ -9,10 +9,11 @@
 # interleaved (alpaca, llama.cpp, alpaca, llama.cpp, ...):
 #   alpaca bench -m MODEL -p P -n N -t T -r R --json
 #   llama-bench  -m MODEL -p P -n N -t T -r R -o json
-# and prints, per file/test/threads, the median over rounds of each tool's median t/s (for
-# llama-bench: the median of its samples_ts) and
-# the ratio alpaca / llama.cpp. Interleaving matters on a shared machine: load changes
-# minute to minute, so sequential runs would compare different machines.
+# and prints, per file/test/threads, the median over rounds of each tool's median t/s
+# (llama-bench: the median of its samples_ts), the ratio alpaca / llama.cpp, and for decode
+# the measured memory bandwidth, the bound it implies and each tool's % of it.
+# Interleaving matters on a shared machine: load changes minute to minute, so sequential
+# runs would compare different machines.
 #
 # Environment: ALPACA (binary, default target/release/alpaca), LLAMACPP_BIN (dir with
 # llama-bench and llama-quantize; default from scripts/llamacpp.sh), MODELS (space

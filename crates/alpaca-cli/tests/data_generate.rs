@@ -166,9 +166,28 @@ fn alpaca_generate(url: &str, out: &Path, target: usize) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_alpaca"));
     let target = target.to_string();
     let args = [
-        "data", "generate", "--teacher", "completions:fake-model", "--base-url", url, "-n", &target,
-        "--resume", "--seed", "5", "--concurrency", "1", "--batch", "1", "--backoff-ms", "5",
-        "--timeout", "2", "-t", "1", "-o",
+        "data",
+        "generate",
+        "--teacher",
+        "completions:fake-model",
+        "--base-url",
+        url,
+        "-n",
+        &target,
+        "--resume",
+        "--seed",
+        "5",
+        "--concurrency",
+        "1",
+        "--batch",
+        "1",
+        "--backoff-ms",
+        "5",
+        "--timeout",
+        "2",
+        "-t",
+        "1",
+        "-o",
     ];
     cmd.args(args)
         .arg(out)
@@ -266,6 +285,9 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     );
     let log = std::fs::read_to_string(store.with_extension("log")).unwrap();
     assert!(torn_seen >= 3);
-    assert!(log.matches("dropped a torn last line").count() >= torn_seen, "{log}");
+    assert!(
+        log.matches("dropped a torn last line").count() >= torn_seen,
+        "{log}"
+    );
     eprintln!("{kills} kills in {cycles} cycles, {torn_seen} torn lines recovered");
 }

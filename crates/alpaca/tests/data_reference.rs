@@ -13,11 +13,15 @@ use alpaca::data::filter::{FilterConfig, Reject};
 use alpaca::data::io::{read_examples, read_seed_tasks};
 use alpaca::data::rouge::rouge_l;
 use alpaca::data::Example;
-use alpaca::generate::{generate, Completion, Finish, GenerateConfig, OpenMode, ParseMode, Scripted, Store, Usage};
+use alpaca::generate::{
+    generate, Completion, Finish, GenerateConfig, OpenMode, ParseMode, Scripted, Store, Usage,
+};
 use serde_json::json;
 
 fn shared(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data")
+        .join(name)
 }
 
 fn script() -> PathBuf {
@@ -25,25 +29,54 @@ fn script() -> PathBuf {
 }
 
 fn python(args: &[&str]) -> (String, String) {
-    let out = Command::new("python3").arg(script()).args(args).output().expect("python3");
+    let out = Command::new("python3")
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("python3");
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "python failed: {err}");
     (String::from_utf8(out.stdout).unwrap(), err)
 }
 
 fn lcg(s: &mut u64) -> u64 {
-    *s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *s = s
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     *s >> 33
 }
 
 fn instructions() -> Vec<String> {
-    let mut v: Vec<String> = read_examples(&shared("alpaca_en_demo.json")).unwrap().examples.into_iter().map(|e| e.instruction).collect();
-    v.extend(read_seed_tasks(&shared("seed_tasks.jsonl")).unwrap().into_iter().map(|s| s.instruction));
-    v.extend(read_examples(&shared("user_oriented_instructions.jsonl")).map(|d| d.examples).unwrap_or_default().into_iter().map(|e| e.instruction));
+    let mut v: Vec<String> = read_examples(&shared("alpaca_en_demo.json"))
+        .unwrap()
+        .examples
+        .into_iter()
+        .map(|e| e.instruction)
+        .collect();
+    v.extend(
+        read_seed_tasks(&shared("seed_tasks.jsonl"))
+            .unwrap()
+            .into_iter()
+            .map(|s| s.instruction),
+    );
+    v.extend(
+        read_examples(&shared("user_oriented_instructions.jsonl"))
+            .map(|d| d.examples)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| e.instruction),
+    );
     // Tokenizer corner cases.
     for s in [
-        "İstanbul'da ne yapılır? \u{212A}elvin scale", "naïve café résumé", "ǅemal ﬁle ß straße",
-        "a_b c-d e.f 3.14 x²", "", "   ", "!!!", "ＦＵＬＬＷＩＤＴＨ text", "tab\tand\u{a0}nbsp",
+        "İstanbul'da ne yapılır? \u{212A}elvin scale",
+        "naïve café résumé",
+        "ǅemal ﬁle ß straße",
+        "a_b c-d e.f 3.14 x²",
+        "",
+        "   ",
+        "!!!",
+        "ＦＵＬＬＷＩＤＴＨ text",
+        "tab\tand\u{a0}nbsp",
     ] {
         v.push(s.to_string());
     }
@@ -77,7 +110,10 @@ fn rouge_l_is_bit_identical_to_rouge_score() {
     let dir = std::env::temp_dir().join(format!("alpaca-ref-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("pairs.jsonl");
-    let text: String = pairs.iter().map(|(a, b)| json!({"a": a, "b": b}).to_string() + "\n").collect();
+    let text: String = pairs
+        .iter()
+        .map(|(a, b)| json!({"a": a, "b": b}).to_string() + "\n")
+        .collect();
     std::fs::write(&file, text).unwrap();
     let (out, _) = python(&["rouge", "--pairs", file.to_str().unwrap()]);
     let py: Vec<f64> = out.lines().map(|l| l.parse().unwrap()).collect();
@@ -85,10 +121,17 @@ fn rouge_l_is_bit_identical_to_rouge_score() {
     let mut near = 0;
     for ((a, b), want) in pairs.iter().zip(&py) {
         let got = rouge_l(a, b);
-        assert_eq!(got.to_bits(), want.to_bits(), "{a:?} vs {b:?}: {got} != {want}");
+        assert_eq!(
+            got.to_bits(),
+            want.to_bits(),
+            "{a:?} vs {b:?}: {got} != {want}"
+        );
         near += (0.6..0.8).contains(want) as usize;
     }
-    eprintln!("{} pairs bit-identical ({near} scored in [0.6, 0.8))", pairs.len());
+    eprintln!(
+        "{} pairs bit-identical ({near} scored in [0.6, 0.8))",
+        pairs.len()
+    );
 }
 
 const DEFECTS: [&str; 9] = [
@@ -106,7 +149,9 @@ const DEFECTS: [&str; 9] = [
 /// Teacher replies in the self-instruct layout built from real instruction data, with the
 /// defects of real replies: misnumbered items, a missing marker, cut replies, odd `<noinput>`.
 fn replies() -> Vec<(String, Finish)> {
-    let data: Vec<Example> = read_examples(&shared("alpaca_en_demo.json")).unwrap().examples;
+    let data: Vec<Example> = read_examples(&shared("alpaca_en_demo.json"))
+        .unwrap()
+        .examples;
     let mut s = 3u64;
     let mut out = Vec::new();
     let mut next = 0usize;
@@ -116,7 +161,11 @@ fn replies() -> Vec<(String, Finish)> {
             let ex = &data[next % data.len()];
             next += 1;
             // Every 7th reply repeats earlier items: near-duplicates for the dedup.
-            let ex = if r % 7 == 6 { &data[(next * 31) % next.max(1)] } else { ex };
+            let ex = if r % 7 == 6 {
+                &data[(next * 31) % next.max(1)]
+            } else {
+                ex
+            };
             // One item in eight carries an instruction the original's filters reject.
             let defect = DEFECTS[lcg(&mut s) as usize % DEFECTS.len()];
             let long = "word ".repeat(151);
@@ -139,8 +188,15 @@ fn replies() -> Vec<(String, Finish)> {
             } else {
                 text.push(' ');
             }
-            let input_marker = if lcg(&mut s).is_multiple_of(40) { "Inptu" } else { "Input" };
-            text.push_str(&format!("{}\n{num}. {input_marker}:\n{input}\n{num}. Output:\n{}\n", ex.instruction, ex.output));
+            let input_marker = if lcg(&mut s).is_multiple_of(40) {
+                "Inptu"
+            } else {
+                "Input"
+            };
+            text.push_str(&format!(
+                "{}\n{num}. {input_marker}:\n{input}\n{num}. Output:\n{}\n",
+                ex.instruction, ex.output
+            ));
         }
         let finish = if r % 4 == 1 {
             let cut = text.len() * 9 / 10;
@@ -168,8 +224,17 @@ fn parse_filter_dedup_keep_the_same_items_as_the_reference() {
         .collect();
     std::fs::write(&file, text).unwrap();
     let seeds_path = shared("seed_tasks.jsonl");
-    let (out, err) = python(&["process", "--replies", file.to_str().unwrap(), "--seeds", seeds_path.to_str().unwrap()]);
-    let py: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (out, err) = python(&[
+        "process",
+        "--replies",
+        file.to_str().unwrap(),
+        "--seeds",
+        seeds_path.to_str().unwrap(),
+    ]);
+    let py: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let py_rejected: serde_json::Value = serde_json::from_str(err.lines().last().unwrap()).unwrap();
 
     let run = |mode: ParseMode| {
@@ -177,7 +242,11 @@ fn parse_filter_dedup_keep_the_same_items_as_the_reference() {
         let replies = replies.clone();
         let teacher = Scripted::new("replay", 1, move |_p: &str| {
             let (text, finish) = replies[counter.fetch_add(1, Ordering::SeqCst)].clone();
-            Completion { text, finish, usage: Usage::default() }
+            Completion {
+                text,
+                finish,
+                usage: Usage::default(),
+            }
         });
         let cfg = GenerateConfig {
             target: usize::MAX,
@@ -187,14 +256,25 @@ fn parse_filter_dedup_keep_the_same_items_as_the_reference() {
             max_prompts: Some(120),
             filters: FilterConfig {
                 // The original has no output filters.
-                disabled: vec![Reject::EmptyOutput, Reject::OutputIsInput, Reject::OutputRepeatsInstruction],
+                disabled: vec![
+                    Reject::EmptyOutput,
+                    Reject::OutputIsInput,
+                    Reject::OutputRepeatsInstruction,
+                ],
                 ..FilterConfig::default()
             },
             ..GenerateConfig::default()
         };
         let path = dir.join(format!("{mode:?}.jsonl"));
         let seeds = read_seed_tasks(&seeds_path).unwrap();
-        let report = generate(&teacher, &seeds, Store::open(&path, OpenMode::Overwrite).unwrap(), &cfg, &mut |_| {}).unwrap();
+        let report = generate(
+            &teacher,
+            &seeds,
+            Store::open(&path, OpenMode::Overwrite).unwrap(),
+            &cfg,
+            &mut |_| {},
+        )
+        .unwrap();
         (Store::open(&path, OpenMode::Resume).unwrap().items, report)
     };
     let (ours, report) = run(ParseMode::Original);
@@ -204,10 +284,23 @@ fn parse_filter_dedup_keep_the_same_items_as_the_reference() {
         assert_eq!(a.input, b["input"].as_str().unwrap());
         assert_eq!(a.output, b["output"].as_str().unwrap());
         let avg = b["avg_similarity_score"].as_f64().unwrap();
-        assert!((a.avg_similarity_score - avg).abs() < 1e-12, "{} vs {avg}", a.avg_similarity_score);
+        assert!(
+            (a.avg_similarity_score - avg).abs() < 1e-12,
+            "{} vs {avg}",
+            a.avg_similarity_score
+        );
         // Top-10 scores agree exactly (ties may list different instructions).
-        let mut sa: Vec<u64> = a.most_similar_instructions.iter().map(|s| s.score.to_bits()).collect();
-        let mut sb: Vec<u64> = b["most_similar_instructions"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap().to_bits()).collect();
+        let mut sa: Vec<u64> = a
+            .most_similar_instructions
+            .iter()
+            .map(|s| s.score.to_bits())
+            .collect();
+        let mut sb: Vec<u64> = b["most_similar_instructions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[1].as_f64().unwrap().to_bits())
+            .collect();
         sa.sort_unstable();
         sb.sort_unstable();
         assert_eq!(sa, sb, "{}", a.instruction);

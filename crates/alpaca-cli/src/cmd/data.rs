@@ -163,7 +163,9 @@ fn make_teacher(a: &GenerateArgs) -> Result<Box<dyn Teacher>> {
         "chat" => Endpoint::Chat,
         "local" | "local-chat" => {
             // `local` = the default model; `local:PATH` any model file.
-            let path = alpaca::assets::resolve_model((!model.is_empty()).then(|| std::path::Path::new(model)))?;
+            let path = alpaca::assets::resolve_model(
+                (!model.is_empty()).then(|| std::path::Path::new(model)),
+            )?;
             let engine = alpaca::infer::Engine::load(&path)?;
             return Ok(Box::new(alpaca::generate::local::LocalTeacher::new(
                 engine,

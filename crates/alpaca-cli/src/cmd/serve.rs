@@ -23,7 +23,7 @@ use super::ModelArgs;
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// LoRA adapter to apply (not supported by the server yet)
+    /// LoRA adapter (PEFT directory or safetensors) applied to every request
     #[arg(long = "lora")]
     pub lora: Option<PathBuf>,
     /// Address to bind; anything but loopback exposes the model to the network
@@ -62,20 +62,23 @@ pub struct ServeArgs {
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
-    if let Some(l) = &a.lora {
-        bail!(
-            "--lora {}: LoRA adapters are not supported by `alpaca serve` yet; \
-             merge the adapter into the model first",
-            l.display()
-        );
-    }
     if a.parallel == 0 {
         bail!("--parallel must be at least 1");
     }
     if !(a.shutdown_grace >= 0.0 && a.shutdown_grace.is_finite()) {
         bail!("--shutdown-grace must be a number of seconds >= 0");
     }
-    let engine = Arc::new(a.model.load()?);
+    let mut engine = a.model.load()?;
+    if let Some(dir) = &a.lora {
+        #[allow(unreachable_patterns)]
+        match &mut engine.model {
+            alpaca::model::Model::Llama(m) => {
+                alpaca::train::export::load_adapter(dir, m)?;
+            }
+            _ => bail!("--lora: adapters are supported on llama models only"),
+        };
+    }
+    let engine = Arc::new(engine);
     let ctx = engine.model.context_length();
     let max_tokens = a.max_tokens.unwrap_or(2048).min(ctx);
     if max_tokens == 0 {

@@ -299,7 +299,7 @@ pub fn example_to_value(ex: &Example, schema: Schema) -> Value {
     }
 }
 
-/// Serialise examples in a format (pretty list with 4-space-free 2-space indent, or one per line).
+/// Serialise examples in a format (a pretty-printed list, or one record per line).
 pub fn render_examples(examples: &[Example], format: Format) -> Result<String> {
     let values: Vec<Value> = examples
         .iter()

@@ -42,7 +42,11 @@ impl LocalTeacher {
             prompt.to_string()
         };
         let ids = self.engine.encode_prompt(&text)?;
-        let room = self.engine.model.context_length().saturating_sub(ids.len() + 1);
+        let room = self
+            .engine
+            .model
+            .context_length()
+            .saturating_sub(ids.len() + 1);
         let gen = GenParams {
             max_new_tokens: (params.max_tokens as usize).min(room),
             sampler: SamplerConfig {
@@ -86,7 +90,10 @@ impl Teacher for LocalTeacher {
     }
 
     fn complete(&self, prompts: &[String], params: &SamplingParams) -> Result<Vec<Completion>> {
-        prompts.iter().map(|p| self.complete_one(p, params)).collect()
+        prompts
+            .iter()
+            .map(|p| self.complete_one(p, params))
+            .collect()
     }
 
     fn set_cancelled(&self, cancelled: bool) {
@@ -111,9 +118,15 @@ mod tests {
     #[test]
     fn local_teacher_is_deterministic_per_prompt_and_counts_usage() {
         let tok = tiny_test_vocab();
-        let w = random_llama_gguf(&tiny_llama_config(tok.tokens.len()), &tok, GgmlType::Q8_0, 3)
-            .expect("model");
-        let path = std::env::temp_dir().join(format!("alpaca-local-teacher-{}.gguf", std::process::id()));
+        let w = random_llama_gguf(
+            &tiny_llama_config(tok.tokens.len()),
+            &tok,
+            GgmlType::Q8_0,
+            3,
+        )
+        .expect("model");
+        let path =
+            std::env::temp_dir().join(format!("alpaca-local-teacher-{}.gguf", std::process::id()));
         w.write(&path).expect("write");
         let t = LocalTeacher::new(Engine::load(&path).expect("load"), false, 9);
         let params = SamplingParams {
@@ -122,7 +135,9 @@ mod tests {
         };
         let prompts = vec!["the cat".to_string(), "a dog".to_string()];
         let a = t.complete(&prompts, &params).expect("complete");
-        let b = t.complete(&[prompts[1].clone()], &params).expect("complete");
+        let b = t
+            .complete(&[prompts[1].clone()], &params)
+            .expect("complete");
         assert_eq!(a.len(), 2);
         assert_eq!(a[1], b[0], "a prompt's reply does not depend on its batch");
         assert!(a[0].usage.prompt_tokens > 0);

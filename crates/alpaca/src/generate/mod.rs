@@ -213,6 +213,15 @@ pub fn generate(
     if seeds.is_empty() {
         return Err(Error::InvalidArgument("no seed tasks".into()));
     }
+    if let Some(last) = opened.items.last().filter(|i| i.seed != cfg.seed) {
+        // Prompt numbers only line up with the RNG stream they were drawn from.
+        return Err(Error::InvalidArgument(format!(
+            "{} was generated with --seed {}; resume it with the same seed (not {})",
+            opened.store.path().display(),
+            last.seed,
+            cfg.seed
+        )));
+    }
     let start = Instant::now();
     teacher.set_cancelled(false);
     let builder = PromptBuilder {

@@ -110,6 +110,14 @@ fn crash_and_resume_equals_clean_run() {
             "crash after {k} items"
         );
     }
+    // Another seed cannot resume this store.
+    let other = GenerateConfig {
+        seed: 8,
+        ..cfg(90, 2)
+    };
+    let opened = Store::open(&clean, OpenMode::Resume).unwrap();
+    let err = generate(&t, &default_seeds().unwrap(), opened, &other, &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("--seed 7"), "{err}");
     // Resuming a finished store does nothing; raising the target extends it.
     let r = run(&t, &clean, OpenMode::Resume, &cfg(90, 2));
     assert_eq!(r.progress.prompts, 0);

@@ -340,7 +340,11 @@ async fn complete(
     let mut sampler = req.sampler.clone();
     if !req.seeded {
         let n = st.next_id.load(Ordering::Relaxed);
-        sampler.seed = (t0.elapsed().as_nanos() as u64) ^ unix_now().rotate_left(20) ^ n;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        sampler.seed = nanos ^ n.rotate_left(32);
     }
     let (tx, rx) = unbounded_channel();
     let job = Job {

@@ -14,10 +14,9 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::model::attention::{attention, AttnShape, KvCache};
 use crate::model::kernels;
-use crate::model::linear::{Linear, QMatrix};
+use crate::model::linear::Linear;
 use crate::model::llama::Llama;
-use crate::model::ops::{dispatch, hsum16, rms_norm, rope_angles, rope_normal, swiglu};
-use crate::model::quant::{dequantize_row, GgmlType};
+use crate::model::ops::{rms_norm, rope_angles, rope_normal, swiglu};
 use crate::model::Model;
 
 impl Model {
@@ -164,77 +163,32 @@ fn llama_step(m: &Llama, tokens: &[u32], caches: &mut [&mut KvCache]) -> Vec<f32
     logits
 }
 
-/// `y = x W^T` (+ the layer's LoRA adapter) for the `b` decode rows.
+/// `y = x W^T` (+ the layer's LoRA adapter) for the `b` decode rows, through the fused
+/// row kernels: each weight row is read from memory once and dotted with every row.
+///
+/// Not [`Linear::forward`]: from `GEMM_MIN_T` rows it takes the prompt GEMM, which
+/// dequantizes every weight into f32 panels first, a fixed cost (~230 ms per step for
+/// SmolLM2-135M on one thread) that only long prompts amortize. Measured per step on one
+/// thread: b=1 13 ms, b=8 88 ms here, against 246 ms through the GEMM. The fused kernels are
+/// compute bound (they unpack each block again for every row), so batching shares the
+/// memory reads but not the unpacking; a multi-row kernel that unpacks once belongs in
+/// `kernels`.
 fn linear(l: &Linear, x: &[f32], b: usize, y: &mut [f32]) {
     let w = &l.weight;
-    let mode = std::env::var("ALPACA_BATCH_KERNEL").unwrap_or_default();
-    if mode == "gemm" {
-        w.matmul(x, b, y);
-    } else if mode == "matvec" || b == 1 || w.ty.block_size() < 32 {
-        kernels::matvec(
-            kernels::default_level(),
-            w.ty,
-            w.data.bytes(),
-            w.rows,
-            w.cols,
-            x,
-            b,
-            y,
-        );
-    } else {
-        dequant_dots(w, x, b, y);
-    }
+    kernels::matvec(
+        kernels::default_level(),
+        w.ty,
+        w.data.bytes(),
+        w.rows,
+        w.cols,
+        x,
+        b,
+        y,
+    );
     if let Some(lora) = &l.lora {
         lora.apply(x, b, y);
     }
 }
-
-/// Each weight block dequantized once (into registers / L1), then dotted in `f32` with all
-/// `b` rows of `x`: the unpacking (the costly part of a quantized dot) is shared by the
-/// batch. Parallel over weight rows.
-fn dequant_dots(w: &QMatrix, x: &[f32], b: usize, y: &mut [f32]) {
-    let threads = rayon::current_num_threads().max(1);
-    let chunk = (w.rows / (threads * 8)).clamp(8, 256);
-    // Results per weight row are contiguous in a transposed buffer: [rows, b].
-    let mut yt = vec![0f32; b * w.rows];
-    yt.par_chunks_mut(chunk * b).enumerate().for_each_init(
-        || vec![0f32; 16 * b],
-        |acc, (ci, ys)| {
-            for (j, yrow) in ys.chunks_exact_mut(b).enumerate() {
-                row_dots(w.ty, w.row(ci * chunk + j), x, w.cols, acc, yrow);
-            }
-        },
-    );
-    for (r, col) in yt.chunks_exact(b).enumerate() {
-        for (i, v) in col.iter().enumerate() {
-            y[i * w.rows + r] = *v;
-        }
-    }
-}
-
-dispatch!(row_dots(ty: GgmlType, row: &[u8], x: &[f32], cols: usize, acc: &mut [f32], out: &mut [f32]) -> () {
-    // `acc`: 16 partial sums per batch row. Block types only (`block_size` 32 or 256).
-    let (bs, ts) = (ty.block_size(), ty.type_size());
-    acc.fill(0.0);
-    let mut buf = [0f32; 256];
-    for (k, blk) in row.chunks_exact(ts).enumerate() {
-        let wv = &mut buf[..bs];
-        dequantize_row(ty, blk, wv);
-        for (i, a) in acc.chunks_exact_mut(16).enumerate() {
-            let xi = &x[i * cols + k * bs..i * cols + (k + 1) * bs];
-            for (wc, xc) in wv.chunks_exact(16).zip(xi.chunks_exact(16)) {
-                for l in 0..16 {
-                    a[l] = wc[l].mul_add(xc[l], a[l]);
-                }
-            }
-        }
-    }
-    for (o, a) in out.iter_mut().zip(acc.chunks_exact(16)) {
-        let mut s = [0f32; 16];
-        s.copy_from_slice(a);
-        *o = hsum16(&s);
-    }
-});
 
 #[cfg(test)]
 mod tests {
@@ -245,13 +199,16 @@ mod tests {
     use crate::tokenizer::tiny_test_vocab;
 
     fn tiny(ty: GgmlType) -> Model {
+        // Tests run in parallel: each model file gets its own name.
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let vocab = tiny_test_vocab();
         let w = random_llama_gguf(&tiny_llama_config(vocab.tokens.len()), &vocab, ty, 11)
             .expect("tiny model");
         let p = std::env::temp_dir().join(format!(
-            "alpaca-batch-test-{}-{}.gguf",
+            "alpaca-batch-test-{}-{}-{}.gguf",
             std::process::id(),
-            ty.name()
+            ty.name(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         w.write(&p).expect("write");
         let m = Model::from_gguf(&Gguf::open(&p).expect("open")).expect("load");
@@ -332,8 +289,7 @@ mod bench {
                 step = step.min(t0.elapsed().as_secs_f64() / n as f64);
             }
             eprintln!(
-                "{:?} b={b:2}: {:.1} ms/step, {:.0} tok/s",
-                std::env::var("ALPACA_BATCH_KERNEL"),
+                "b={b:2}: {:.1} ms/step, {:.0} tok/s",
                 step * 1e3,
                 b as f64 / step
             );

@@ -297,39 +297,6 @@ impl Gemma3 {
         blocks + lin(&self.output)
     }
 
-    /// Advance `b` sequences by one token each (`tokens[i]` onto `caches[i]`), one after the
-    /// other; logits `[b, vocab]`. The contract of [`crate::model::Model::forward_batch`]:
-    /// everything is checked first, so on error no cache is changed.
-    pub fn forward_each(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<f32>> {
-        if tokens.is_empty() || caches.len() != tokens.len() {
-            return Err(Error::InvalidArgument(format!(
-                "forward_batch: {} tokens for {} caches",
-                tokens.len(),
-                caches.len()
-            )));
-        }
-        for (cache, &tok) in caches.iter().zip(tokens) {
-            if cache.len() + 1 > cache.capacity() {
-                return Err(Error::ContextOverflow {
-                    prompt: cache.len() + 1,
-                    max_new: 0,
-                    ctx: cache.capacity(),
-                });
-            }
-            if tok as usize >= self.cfg.vocab_size {
-                return Err(Error::InvalidArgument(format!(
-                    "token id {tok} is outside the vocabulary of {}",
-                    self.cfg.vocab_size
-                )));
-            }
-        }
-        let mut logits = Vec::with_capacity(tokens.len() * self.cfg.vocab_size);
-        for (cache, &tok) in caches.iter_mut().zip(tokens) {
-            logits.extend(self.forward(&[tok], cache, 1)?);
-        }
-        Ok(logits)
-    }
-
     // --------------------------------------------------------------------------------------
     // Forward
     // --------------------------------------------------------------------------------------

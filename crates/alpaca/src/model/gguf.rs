@@ -649,10 +649,13 @@ impl GgufWriter {
 /// Write `bytes` to `path` through a temporary file and a rename, so an existing file is
 /// never left half-written.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Unique per process and call, so concurrent writers never share a temporary file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = path.with_extension(format!(
-        "{}.tmp{}",
+        "{}.tmp{}-{}",
         path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let res = (|| {
         let mut f = File::create(&tmp)?;

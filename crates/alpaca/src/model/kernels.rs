@@ -358,10 +358,14 @@ pub fn gemm(
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: the CPU supports the level (clamped above); `xs` holds `mr`
                     // rows of `cols`, the panel `cols x NR`, `tmp` `mr x NR`.
-                    SimdLevel::Avx512 => unsafe { x86::gemm_512(panel, xs, cols, cols, mr, &mut tmp) },
+                    SimdLevel::Avx512 => unsafe {
+                        x86::gemm_512(panel, xs, cols, cols, mr, &mut tmp)
+                    },
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: as above.
-                    SimdLevel::Avx2 => unsafe { x86::gemm_256(panel, xs, cols, cols, mr, &mut tmp) },
+                    SimdLevel::Avx2 => unsafe {
+                        x86::gemm_256(panel, xs, cols, cols, mr, &mut tmp)
+                    },
                     _ => gemm_scalar(panel, xs, cols, cols, mr, &mut tmp),
                 }
                 for i in 0..mr {
@@ -475,7 +479,11 @@ mod tests {
         let mut w = vec![0f32; x.len()];
         dequantize_row(ty, row, &mut w);
         let s = w.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let m = w.iter().zip(x).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
+        let m = w
+            .iter()
+            .zip(x)
+            .map(|(a, b)| (*a as f64 * *b as f64).abs())
+            .sum();
         (s, m)
     }
 
@@ -509,7 +517,14 @@ mod tests {
     }
 
     /// Reference `(value, magnitude)` of every output.
-    fn naive(ty: GgmlType, data: &[u8], rows: usize, cols: usize, x: &[f32], t: usize) -> Vec<(f64, f64)> {
+    fn naive(
+        ty: GgmlType,
+        data: &[u8],
+        rows: usize,
+        cols: usize,
+        x: &[f32],
+        t: usize,
+    ) -> Vec<(f64, f64)> {
         let rb = ty.row_bytes(cols);
         let mut y = vec![(0f64, 0f64); t * rows];
         for i in 0..t {
@@ -533,8 +548,18 @@ mod tests {
                 gemm(level, ty, &data, rows, cols, &x, t, &mut g);
                 for (j, &(w, mag)) in want.iter().enumerate() {
                     let tol = 2e-6 * mag + 1e-6;
-                    assert!((y[j] as f64 - w).abs() < tol, "matvec {} {level:?} t={t} [{j}]: {} vs {w}", ty.name(), y[j]);
-                    assert!((g[j] as f64 - w).abs() < tol, "gemm {} {level:?} t={t} [{j}]: {} vs {w}", ty.name(), g[j]);
+                    assert!(
+                        (y[j] as f64 - w).abs() < tol,
+                        "matvec {} {level:?} t={t} [{j}]: {} vs {w}",
+                        ty.name(),
+                        y[j]
+                    );
+                    assert!(
+                        (g[j] as f64 - w).abs() < tol,
+                        "gemm {} {level:?} t={t} [{j}]: {} vs {w}",
+                        ty.name(),
+                        g[j]
+                    );
                 }
             }
         }
@@ -554,7 +579,10 @@ mod tests {
     #[test]
     fn parallel_drivers_match_reference() {
         // Big enough to split into tasks: 300 rows x 512 cols of F32 = 600 KiB.
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("pool");
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("pool");
         pool.install(|| {
             let mut rng = Lcg(5);
             for ty in [GgmlType::F32, GgmlType::Q4_1, GgmlType::Q6K] {

@@ -550,7 +550,13 @@ avx2_fn! {
 
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn gemm_512_mr<const MR: usize>(panel: &[f32], x: &[f32], ldx: usize, k: usize, out: &mut [f32]) {
+pub unsafe fn gemm_512_mr<const MR: usize>(
+    panel: &[f32],
+    x: &[f32],
+    ldx: usize,
+    k: usize,
+    out: &mut [f32],
+) {
     let (pp, xp) = (panel.as_ptr(), x.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     for kk in 0..k {
@@ -594,7 +600,13 @@ avx512_fn! {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gemm_256_mr<const MR: usize>(panel: &[f32], x: &[f32], ldx: usize, k: usize, out: &mut [f32]) {
+pub unsafe fn gemm_256_mr<const MR: usize>(
+    panel: &[f32],
+    x: &[f32],
+    ldx: usize,
+    k: usize,
+    out: &mut [f32],
+) {
     let (pp, xp) = (panel.as_ptr(), x.as_ptr());
     // Two passes of 16 rows: 2 x MR accumulators each.
     for half in 0..2 {

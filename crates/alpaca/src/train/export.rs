@@ -101,7 +101,8 @@ pub fn save_adapter(dir: &Path, m: &TrainModel, method: &Method, base: &str) -> 
         "base_model_name_or_path": base,
         "r": r,
         "lora_alpha": alpha,
-        "lora_dropout": dropout,
+        // Rounded so that 0.05f32 reads back as 0.05, not 0.05000000074505806.
+        "lora_dropout": (*dropout as f64 * 1e6).round() / 1e6,
         "target_modules": modules,
         "bias": "none",
         "fan_in_fan_out": false,
