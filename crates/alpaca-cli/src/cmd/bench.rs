@@ -106,6 +106,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let engine = ModelArgs {
         model: a.model.clone(),
         threads: Some(threads[0]),
+        lora: None,
     }
     .load()?;
     let model = &engine.model;

@@ -25,6 +25,9 @@ pub struct ModelArgs {
     /// Worker threads [default: all cores]
     #[arg(short = 't', long = "threads")]
     pub threads: Option<usize>,
+    /// LoRA adapter to apply: a run directory of `alpaca train` or a PEFT adapter directory
+    #[arg(long = "lora")]
+    pub lora: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -32,7 +35,15 @@ impl ModelArgs {
     pub fn load(&self) -> Result<Engine> {
         init_threads(self.threads)?;
         let path = alpaca::assets::resolve_model(self.model.as_deref())?;
-        Ok(Engine::load(&path)?)
+        let mut engine = Engine::load(&path)?;
+        if let Some(dir) = &self.lora {
+            #[allow(unreachable_patterns)]
+            match &mut engine.model {
+                alpaca::model::Model::Llama(m) => alpaca::train::export::load_adapter(dir, m)?,
+                _ => anyhow::bail!("--lora: adapters are supported on llama models only"),
+            };
+        }
+        Ok(engine)
     }
 }
 

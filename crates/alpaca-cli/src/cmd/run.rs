@@ -36,9 +36,6 @@ pub struct RunArgs {
     /// Print the generated token ids as JSON instead of text
     #[arg(long = "ids")]
     pub ids: bool,
-    /// Apply a LoRA adapter (a PEFT directory or adapter_model.safetensors, e.g. from `alpaca train`)
-    #[arg(long = "lora")]
-    pub lora: Option<PathBuf>,
     /// Print timings to stderr
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
@@ -50,14 +47,7 @@ pub fn run(a: RunArgs) -> Result<()> {
         (None, Some(f)) => read_text(f)?,
         _ => bail!("give a prompt with -p PROMPT or -f FILE"),
     };
-    let mut engine = a.model.load()?;
-    if let Some(dir) = &a.lora {
-        #[allow(unreachable_patterns)]
-        match &mut engine.model {
-            alpaca::model::Model::Llama(m) => alpaca::train::export::load_adapter(dir, m)?,
-            _ => bail!("--lora: adapters are supported on llama models only"),
-        };
-    }
+    let engine = a.model.load()?;
     let text = engine
         .template(a.template)
         .render_instruction(&prompt, &a.input)?;

@@ -6,7 +6,6 @@
 //! seconds (then cut them), exit 0.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +22,6 @@ use super::ModelArgs;
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// LoRA adapter (PEFT directory or safetensors) applied to every request
-    #[arg(long = "lora")]
-    pub lora: Option<PathBuf>,
     /// Address to bind; anything but loopback exposes the model to the network
     #[arg(long = "host", default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -68,16 +64,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if !(a.shutdown_grace >= 0.0 && a.shutdown_grace.is_finite()) {
         bail!("--shutdown-grace must be a number of seconds >= 0");
     }
-    let mut engine = a.model.load()?;
-    if let Some(dir) = &a.lora {
-        #[allow(unreachable_patterns)]
-        match &mut engine.model {
-            alpaca::model::Model::Llama(m) => {
-                alpaca::train::export::load_adapter(dir, m)?;
-            }
-            _ => bail!("--lora: adapters are supported on llama models only"),
-        };
-    }
+    let engine = a.model.load()?;
     let engine = Arc::new(engine);
     let ctx = engine.model.context_length();
     let max_tokens = a.max_tokens.unwrap_or(2048).min(ctx);
