@@ -5,46 +5,16 @@
 //! (`scripts/fetch-gemma3.sh` puts it there). By default 2 prompts x 32 tokens and the first
 //! perplexity window of each size run; ALPACA_SLOW_TESTS=1 runs all 4 x 64 and every window.
 
-use std::path::PathBuf;
+mod common;
 
-use alpaca::infer::{Engine, GenParams};
+use common::*;
+
+use alpaca::infer::Engine;
 
 const GEMMA3: &str = "gemma-3-270m-q4_k_m.gguf";
 
-fn slow() -> bool {
-    std::env::var_os("ALPACA_SLOW_TESTS").is_some()
-}
-
 fn model() -> Option<Engine> {
-    let p = alpaca::assets::models_dir().join(GEMMA3);
-    if !p.is_file() {
-        eprintln!(
-            "note: skipping, {} not found (run scripts/fetch-gemma3.sh)",
-            p.display()
-        );
-        return None;
-    }
-    // One thread: the suite runs tests in parallel on a small machine.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .build_global();
-    Some(Engine::load(&p).expect("gemma3 model loads"))
-}
-
-fn fixture(name: &str) -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let raw = std::fs::read_to_string(&path).expect("fixture exists");
-    serde_json::from_str(&raw).expect("fixture is JSON")
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array of ids")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
-        .collect()
+    cached_model(GEMMA3, "scripts/fetch-gemma3.sh")
 }
 
 /// Greedy tokens equal transformers' token for token (Alpaca, Gemma turn, code,
@@ -57,51 +27,8 @@ fn gemma3_greedy_matches_transformers() {
     let cases = fx["cases"].as_array().expect("cases");
     let (n_cases, n_new) = if slow() { (cases.len(), 64) } else { (2, 32) };
     for case in &cases[..n_cases] {
-        let name = case["name"].as_str().expect("name");
-        let prompt = case["prompt"].as_str().expect("prompt");
-        let want_prompt = ids(&case["prompt_ids"]);
-        assert_eq!(
-            engine.encode_prompt(prompt).expect("encode"),
-            want_prompt,
-            "{name}: prompt ids"
-        );
-        let want = &ids(&case["output_ids"])[..n_new];
-        let params = GenParams {
-            max_new_tokens: n_new,
-            ignore_eos: true,
-            ..Default::default()
-        };
-        let got = engine
-            .generate(&want_prompt, &params, &mut |_| {
-                std::ops::ControlFlow::Continue(())
-            })
-            .expect("generate");
-        assert_eq!(got.ids, want, "{name}: greedy ids differ");
+        assert_greedy_case(&engine, case, n_new);
     }
-}
-
-/// The perplexity text of `scripts/make_ppl_text.py`: the `output` fields of the Alpaca demo
-/// data, stripped, joined by blank lines until at least 20,000 characters.
-fn ppl_text() -> Option<String> {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/alpaca_en_demo.json");
-    let Ok(raw) = std::fs::read_to_string(&path) else {
-        eprintln!("note: skipping, {} not found", path.display());
-        return None;
-    };
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&raw).expect("demo data is JSON");
-    let mut parts: Vec<&str> = Vec::new();
-    for r in &rows {
-        let out = r["output"].as_str().expect("output").trim();
-        if out.is_empty() {
-            continue;
-        }
-        parts.push(out);
-        if parts.join("\n\n").chars().count() >= 20_000 {
-            break;
-        }
-    }
-    Some(parts.join("\n\n"))
 }
 
 /// Perplexity equals transformers' on the same windows within 0.5%, with windows of 512
