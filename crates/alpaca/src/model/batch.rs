@@ -12,7 +12,7 @@
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::model::attention::{attention, AttnShape, KvCache};
+use crate::model::attention::{attention, KvCache};
 use crate::model::kernels;
 use crate::model::linear::Linear;
 use crate::model::llama::Llama;
@@ -89,14 +89,7 @@ fn llama_step(m: &Llama, tokens: &[u32], caches: &mut [&mut KvCache]) -> Vec<f32
             &mut sin[s],
         );
     }
-    let shape = AttnShape {
-        n_heads: c.n_heads,
-        n_kv_heads: c.n_kv_heads,
-        head_dim: hd,
-        scale: 1.0 / (hd as f32).sqrt(),
-        window: None,
-        softcap: None,
-    };
+    let shape = c.attn_shape();
 
     let mut h = vec![0f32; b * d]; //               [b, d]
     let mut q = vec![0f32; b * qd]; //              [b, nh*hd]

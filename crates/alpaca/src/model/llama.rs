@@ -125,6 +125,18 @@ impl LlamaConfig {
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
     }
+
+    /// Attention of every layer: global, scaled by `1/sqrt(head_dim)`, no soft-cap.
+    pub fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            scale: 1.0 / (self.head_dim as f32).sqrt(),
+            window: None,
+            softcap: None,
+        }
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -303,14 +315,7 @@ impl Llama {
                 &mut sin[s],
             );
         }
-        let shape = AttnShape {
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: hd,
-            scale: 1.0 / (hd as f32).sqrt(),
-            window: None,
-            softcap: None,
-        };
+        let shape = c.attn_shape();
 
         for (l, b) in self.blocks.iter().enumerate() {
             // --- attention
