@@ -230,6 +230,29 @@ impl Gguf {
         })
     }
 
+    /// A GGUF built in memory (a converted Hugging Face directory, a merged model): the
+    /// bytes go into an anonymous read-only map, so every reader path is the file path.
+    /// `path` only names the model in messages.
+    pub fn from_bytes(path: impl AsRef<Path>, bytes: &[u8]) -> Result<Gguf> {
+        let path = path.as_ref().to_path_buf();
+        let mut anon =
+            memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(&path, e))?;
+        anon[..bytes.len()].copy_from_slice(bytes);
+        let mmap = anon.make_read_only().map_err(|e| Error::io(&path, e))?;
+        let header = parse(&mmap[..bytes.len()]).map_err(|reason| Error::Gguf {
+            path: path.clone(),
+            reason,
+        })?;
+        Ok(Gguf {
+            path,
+            version: header.version,
+            metadata: header.metadata,
+            tensors: header.tensors,
+            alignment: header.alignment,
+            mmap: Arc::new(mmap),
+        })
+    }
+
     /// Parse a GGUF held in memory (tests, fuzzing). Returns the reason on failure.
     pub fn parse_bytes(bytes: &[u8]) -> std::result::Result<(), String> {
         parse(bytes).map(|_| ())
@@ -766,6 +789,16 @@ mod tests {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         assert_eq!(vals, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn in_memory_gguf_reads_like_a_file() {
+        let g = Gguf::from_bytes("<memory>", &sample()).expect("valid");
+        assert_eq!(g.get_str("general.architecture").ok(), Some("llama"));
+        let t = g.tensor("t.b").expect("tensor");
+        assert_eq!(g.tensor_data(t).len(), 16);
+        assert_eq!(&g.tensor_data(t)[4..8], &2.0f32.to_le_bytes());
+        assert!(Gguf::from_bytes("<memory>", b"GGUF").is_err());
     }
 
     #[test]
