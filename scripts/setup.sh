@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# One command from a fresh machine to a running model: install what the build needs, fetch
-# the default model, build the release binary, and run the demo instruction on it.
+# One command from a fresh clone to a tuned model that chats: install what the build needs,
+# fetch the default model (SmolLM2-135M-Instruct) and the Alpaca-format top-up data, build the
+# release binary, and run the quickstart recipe (configs/quickstart.toml; about 12 to 20
+# minutes on 2 cores). Rerunning it resumes where it stopped; finished stages are skipped.
+#
+#   scripts/setup.sh [CONFIG.toml]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+config="${1:-configs/quickstart.toml}"
 
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo (Rust) is required: install it with rustup, then rerun" >&2
@@ -12,7 +17,8 @@ if ! command -v cc >/dev/null && command -v apt-get >/dev/null; then
     apt-get update -qq && apt-get install -y -qq build-essential
 fi
 scripts/fetch-model.sh
+scripts/fetch-data.sh
 cargo build --release --bin alpaca
 echo
-echo "\$ alpaca run -p \"Give three tips for staying healthy.\" --template alpaca --temp 0 -n 128"
-target/release/alpaca run -p "Give three tips for staying healthy." --template alpaca --temp 0 -n 128 -v
+echo "\$ alpaca recipe $config"
+target/release/alpaca recipe "$config"

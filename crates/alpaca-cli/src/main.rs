@@ -38,6 +38,12 @@ enum Command {
     Data(cmd::data::DataArgs),
     /// Fine-tune a model (LoRA, QLoRA or full) on instruction data
     Train(cmd::train::TrainArgs),
+    /// Merge a LoRA adapter and export to GGUF, a Hugging Face directory or a PEFT adapter
+    Export(cmd::export::ExportArgs),
+    /// Held-out loss, predictions, pairwise judging and reports
+    Eval(cmd::eval::EvalArgs),
+    /// The whole Alpaca recipe from one TOML config, resumable
+    Recipe(cmd::recipe::RecipeArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +85,9 @@ fn main() -> ExitCode {
         Command::Bench(a) => cmd::bench::run(a),
         Command::Data(a) => cmd::data::run(a),
         Command::Train(a) => cmd::train::run(a),
+        Command::Export(a) => cmd::export::run(a),
+        Command::Eval(a) => cmd::eval::run(a),
+        Command::Recipe(a) => cmd::recipe::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,9 +8,12 @@
 pub mod assets;
 pub mod data;
 pub mod error;
+pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod infer;
 pub mod model;
+pub mod recipe;
 pub mod rng;
 pub mod tokenizer;
 pub mod train;

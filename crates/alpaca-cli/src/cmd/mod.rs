@@ -3,7 +3,10 @@
 pub mod bench;
 pub mod chat;
 pub mod data;
+pub mod eval;
+pub mod export;
 pub mod perplexity;
+pub mod recipe;
 pub mod run;
 pub mod serve;
 pub mod tokenize;
@@ -37,11 +40,7 @@ impl ModelArgs {
         let path = alpaca::assets::resolve_model(self.model.as_deref())?;
         let mut engine = Engine::load(&path)?;
         if let Some(dir) = &self.lora {
-            #[allow(unreachable_patterns)]
-            match &mut engine.model {
-                alpaca::model::Model::Llama(m) => alpaca::train::export::load_adapter(dir, m)?,
-                _ => anyhow::bail!("--lora: adapters are supported on llama models only"),
-            };
+            alpaca::train::export::load_adapter(dir, &mut engine.model)?;
         }
         Ok(engine)
     }

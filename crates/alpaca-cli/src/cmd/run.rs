@@ -39,6 +39,11 @@ pub struct RunArgs {
     /// Print timings to stderr
     #[arg(short = 'v', long = "verbose")]
     pub verbose: bool,
+    /// Write the logits of every prompt position to PATH as JSON
+    /// `{"ids": [n], "n_vocab": V, "logits": [[V] x n]}` before generating (with `-n 0`,
+    /// nothing is generated). For comparing with other implementations (scripts/hf_check.py).
+    #[arg(long = "dump-logits", hide = true, value_name = "PATH")]
+    pub dump_logits: Option<PathBuf>,
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
@@ -52,6 +57,17 @@ pub fn run(a: RunArgs) -> Result<()> {
         .template(a.template)
         .render_instruction(&prompt, &a.input)?;
     let ids = engine.encode_prompt(&text)?;
+    if let Some(path) = &a.dump_logits {
+        let mut cache = engine.model.new_cache(ids.len());
+        let logits = engine.model.forward(&ids, &mut cache, ids.len())?;
+        let n_vocab = engine.model.vocab_size();
+        let rows: Vec<&[f32]> = logits.chunks_exact(n_vocab).collect();
+        let json = serde_json::json!({"ids": ids, "n_vocab": n_vocab, "logits": rows});
+        alpaca::model::gguf::write_atomic(path, serde_json::to_string(&json)?.as_bytes())?;
+        if a.sampling.max_new == 0 {
+            return Ok(());
+        }
+    }
     let params = GenParams {
         max_new_tokens: a.sampling.max_new,
         sampler: a.sampling.sampler(),

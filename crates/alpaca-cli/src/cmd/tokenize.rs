@@ -23,7 +23,7 @@ pub struct TokenizeArgs {
 pub fn run(a: TokenizeArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
     let path = alpaca::assets::resolve_model(a.model.model.as_deref())?;
-    let g = alpaca::model::gguf::Gguf::open(&path)?;
+    let g = alpaca::model::hf::open_model(&path)?;
     let tok = alpaca::tokenizer::Tokenizer::from_gguf(&g)?;
     let ids = tok.encode(&a.text, !a.no_parse_special)?;
     if a.json {

@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::data::template::{Template, TemplateChoice};
 use crate::error::{Error, Result};
-use crate::model::gguf::Gguf;
-use crate::model::{detect_format, KvCache, Model, ModelFormat};
+use crate::model::{KvCache, Model};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 pub use sampler::{Sampler, SamplerConfig};
 
@@ -35,37 +34,28 @@ pub struct Engine {
 impl Engine {
     /// Load a model from a path; the format is detected from the path.
     pub fn load(path: &Path) -> Result<Engine> {
-        match detect_format(path)? {
-            ModelFormat::Gguf => {
-                let g = Gguf::open(path)?;
-                let model = Model::from_gguf(&g)?;
-                let tokenizer = Tokenizer::from_gguf(&g)?;
-                if tokenizer.vocab_size() != model.vocab_size() {
-                    return Err(Error::Config(format!(
-                        "{}: tokenizer has {} tokens but the model {}",
-                        path.display(),
-                        tokenizer.vocab_size(),
-                        model.vocab_size()
-                    )));
-                }
-                let chat_template = g
-                    .get("tokenizer.chat_template")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string);
-                Ok(Engine {
-                    path: path.to_path_buf(),
-                    model,
-                    tokenizer,
-                    chat_template,
-                })
-            }
-            ModelFormat::HfDir => Err(Error::ModelNotFound {
-                path: path.to_path_buf(),
-                hint: "Hugging Face directories are not supported by this build yet; \
-                       use a GGUF file."
-                    .into(),
-            }),
+        // A GGUF file is memory-mapped; a Hugging Face directory is converted in memory.
+        let g = crate::model::hf::open_model(path)?;
+        let model = Model::from_gguf(&g)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        if tokenizer.vocab_size() != model.vocab_size() {
+            return Err(Error::Config(format!(
+                "{}: tokenizer has {} tokens but the model {}",
+                path.display(),
+                tokenizer.vocab_size(),
+                model.vocab_size()
+            )));
         }
+        let chat_template = g
+            .get("tokenizer.chat_template")
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        Ok(Engine {
+            path: path.to_path_buf(),
+            model,
+            tokenizer,
+            chat_template,
+        })
     }
 
     /// The template for a `--template` choice.

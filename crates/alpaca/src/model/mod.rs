@@ -8,9 +8,11 @@ pub mod batch;
 pub mod fresh;
 pub mod gemma3;
 pub mod gguf;
+pub mod hf;
 pub mod kernels;
 #[cfg(target_arch = "x86_64")]
 pub mod kernels_x86;
+pub mod kquant;
 pub mod linear;
 pub mod llama;
 pub mod ops;

@@ -358,8 +358,8 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 // Quantization of the simple types (reference rounding as in ggml)
 // ------------------------------------------------------------------------------------------
 
-/// Quantize a row of `x` into `ty`. Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1.
-/// Returns None for other types (the export room adds K-quants).
+/// Quantize a row of `x` into `ty`. Supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, and through
+/// `kquant.rs` Q4_K, Q6_K, Q5_0, Q5_1. Returns None for other types.
 pub fn quantize_row(ty: GgmlType, x: &[f32]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(ty.row_bytes(x.len()));
     match ty {
@@ -411,6 +411,10 @@ pub fn quantize_row(ty: GgmlType, x: &[f32]) -> Option<Vec<u8>> {
                     out.push(q0 | (q1 << 4));
                 }
             }
+        }
+        // K-quants and their row-length fallbacks: model/kquant.rs.
+        GgmlType::Q4K | GgmlType::Q6K | GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            return super::kquant::quantize_row(ty, x)
         }
         _ => return None,
     }

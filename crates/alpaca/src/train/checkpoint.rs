@@ -1,4 +1,4 @@
-//! Safetensors files (written and read here, F32; F16/BF16 read too) and training
+//! Safetensors files (written and read here: F32, F16, BF16) and training
 //! checkpoints.
 //!
 //! A checkpoint is one safetensors file holding the trainable tensors (`param.<name>`),
@@ -23,11 +23,55 @@ use crate::error::{Error, Result};
 /// One tensor to write: name, shape, values.
 pub type TensorRef<'a> = (String, Vec<usize>, &'a [f32]);
 
+/// Element type of a written safetensors file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl StDtype {
+    /// The safetensors `dtype` string.
+    pub fn name(self) -> &'static str {
+        match self {
+            StDtype::F32 => "F32",
+            StDtype::F16 => "F16",
+            StDtype::BF16 => "BF16",
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            StDtype::F32 => 4,
+            _ => 2,
+        }
+    }
+
+    fn put(self, v: f32, buf: &mut Vec<u8>) {
+        match self {
+            StDtype::F32 => buf.extend_from_slice(&v.to_le_bytes()),
+            StDtype::F16 => buf.extend_from_slice(&half::f16::from_f32(v).to_le_bytes()),
+            StDtype::BF16 => buf.extend_from_slice(&half::bf16::from_f32(v).to_le_bytes()),
+        }
+    }
+}
+
 /// Write a safetensors file atomically (temporary file, sync, rename).
 pub fn write_safetensors(
     path: &Path,
     tensors: &[TensorRef<'_>],
     meta: &BTreeMap<String, String>,
+) -> Result<()> {
+    write_safetensors_as(path, tensors, meta, StDtype::F32)
+}
+
+/// [`write_safetensors`] with every tensor stored as `dtype` (rounded to nearest).
+pub fn write_safetensors_as(
+    path: &Path,
+    tensors: &[TensorRef<'_>],
+    meta: &BTreeMap<String, String>,
+    dtype: StDtype,
 ) -> Result<()> {
     let mut header = serde_json::Map::new();
     if !meta.is_empty() {
@@ -35,10 +79,10 @@ pub fn write_safetensors(
     }
     let mut offset = 0usize;
     for (name, shape, data) in tensors {
-        let end = offset + data.len() * 4;
+        let end = offset + data.len() * dtype.size();
         header.insert(
             name.clone(),
-            json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, end]}),
+            json!({"dtype": dtype.name(), "shape": shape, "data_offsets": [offset, end]}),
         );
         offset = end;
     }
@@ -54,9 +98,7 @@ pub fn write_safetensors(
         for (_, _, data) in tensors {
             for chunk in data.chunks(1 << 14) {
                 buf.clear();
-                chunk
-                    .iter()
-                    .for_each(|v| buf.extend_from_slice(&v.to_le_bytes()));
+                chunk.iter().for_each(|&v| dtype.put(v, &mut buf));
                 w.write_all(&buf)?;
             }
         }
@@ -97,24 +139,30 @@ pub fn write_atomic_with(
 pub struct SafeTensors {
     pub meta: BTreeMap<String, String>,
     pub tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Each tensor's stored `dtype` (`F32`, `F16`, `BF16`).
+    pub dtypes: BTreeMap<String, String>,
 }
 
 /// Read a safetensors file of F32, F16 or BF16 tensors.
 pub fn read_safetensors(path: &Path) -> Result<SafeTensors> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |r: String| Error::Gguf {
-        path: path.to_path_buf(),
-        reason: format!("not a valid safetensors file: {r}"),
+    let bad = |r: String| {
+        Error::Config(format!(
+            "{}: not a valid safetensors file: {r}",
+            path.display()
+        ))
     };
     if bytes.len() < 8 {
         return Err(bad("shorter than its header".into()));
     }
     let hlen = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
-    let data = bytes
-        .get(8 + hlen..)
+    let hend = 8usize
+        .checked_add(hlen)
+        .filter(|&e| e <= bytes.len())
         .ok_or_else(|| bad("header runs past the end".into()))?;
+    let data = &bytes[hend..];
     let header: serde_json::Map<String, Value> =
-        serde_json::from_slice(&bytes[8..8 + hlen]).map_err(|e| bad(e.to_string()))?;
+        serde_json::from_slice(&bytes[8..hend]).map_err(|e| bad(e.to_string()))?;
     let mut st = SafeTensors::default();
     for (name, v) in header {
         if name == "__metadata__" {
@@ -147,7 +195,11 @@ pub fn read_safetensors(path: &Path) -> Result<SafeTensors> {
             .unwrap_or_default();
         let (b, e) = match off[..] {
             [b, e] if b <= e && e <= data.len() => (b, e),
-            _ => return Err(bad(format!("tensor `{name}` has bad data offsets"))),
+            _ => {
+                return Err(bad(format!(
+                    "tensor `{name}` has bad data offsets (truncated file?)"
+                )))
+            }
         };
         let raw = &data[b..e];
         let vals: Vec<f32> = match dtype {
@@ -170,6 +222,7 @@ pub fn read_safetensors(path: &Path) -> Result<SafeTensors> {
                 "tensor `{name}`: size does not match shape {shape:?}"
             )));
         }
+        st.dtypes.insert(name.clone(), dtype.to_string());
         st.tensors.insert(name, (shape, vals));
     }
     Ok(st)

@@ -1,10 +1,12 @@
 //! What a run leaves behind: a PEFT-compatible LoRA adapter (`adapter_model.safetensors` +
 //! `adapter_config.json`) or a full model in Hugging Face layout (`model.safetensors` +
-//! `config.json`), and the reverse: loading an adapter onto an inference [`Llama`].
+//! `config.json`), and the reverse: loading an adapter onto an inference [`Model`].
 //!
-//! GGUF stores q/k rows permuted for adjacent-pair RoPE (llama.cpp's `permute`); Hugging Face
-//! uses rotate-half. Training works in GGUF layout, so output rows of q/k weights (and of
-//! LoRA `B` for q/k) are un-permuted on export and permuted back on load.
+//! GGUF stores LLaMA q/k rows permuted for adjacent-pair RoPE (llama.cpp's `permute`);
+//! Hugging Face uses rotate-half. Training works in GGUF layout, so output rows of LLaMA q/k
+//! weights (and of LoRA `B` for q/k) are un-permuted on export and permuted back on load.
+//! Gemma 3 uses rotate-half in GGUF too (no permutation), and its GGUF norms hold `1 + w`,
+//! so a full Gemma export subtracts the 1 (Hugging Face's `Gemma3RMSNorm` adds it).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -12,10 +14,14 @@ use std::path::Path;
 use serde_json::json;
 
 use super::checkpoint::{read_safetensors, write_safetensors, TensorRef};
-use super::model::{linear_parent, Method, Norm, TrainModel, Weight, LINEAR_NAMES};
+use super::gemma3::{TGemma3, GEMMA_NORM_NAMES};
+use super::llama::TLlama;
+use super::model::{linear_parent, Method, Norm, TLinear, TrainModel, LINEAR_NAMES};
 use crate::error::{Error, Result};
-use crate::model::linear::LoraAdapter;
+use crate::model::gemma3::{Gemma3, Gemma3Config};
+use crate::model::linear::{Linear, LoraAdapter};
 use crate::model::llama::{Llama, LlamaConfig};
+use crate::model::Model;
 
 /// Rows of a q/k matrix (`heads * hd` rows of `cols`) from GGUF to HF order:
 /// HF row `h*hd + p*hd/2 + i` is GGUF row `h*hd + 2i + p`.
@@ -69,16 +75,25 @@ pub fn save_adapter(dir: &Path, m: &TrainModel, method: &Method, base: &str) -> 
         return Err(Error::Internal("save_adapter on a full fine-tune".into()));
     };
     let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    for b in &m.blocks {
-        for (j, l) in b.lin.iter().enumerate() {
+    // LLaMA q/k rows are RoPE-permuted in GGUF: (heads, head_dim) of linear j, if so.
+    let (blocks, perm): (Vec<&[TLinear; 7]>, RowPerm) = match m {
+        TrainModel::Llama(l) => {
+            let c = &l.cfg;
+            let perm = std::array::from_fn(|j| rope_heads(c, j).map(|h| (h, c.head_dim)));
+            (l.blocks.iter().map(|b| &b.lin).collect(), perm)
+        }
+        TrainModel::Gemma3(g) => (g.blocks.iter().map(|b| &b.lin).collect(), [None; 7]),
+    };
+    for lin in blocks {
+        for (j, l) in lin.iter().enumerate() {
             let Some(lo) = &l.lora else { continue };
             owned.push((
                 lo.a.name.clone(),
                 vec![lo.a.rows, lo.a.cols],
                 lo.a.w.clone(),
             ));
-            let bw = match rope_heads(&m.cfg, j) {
-                Some(h) => unpermute_rows(&lo.b.w, h, m.cfg.head_dim, lo.b.cols),
+            let bw = match perm[j] {
+                Some((h, hd)) => unpermute_rows(&lo.b.w, h, hd, lo.b.cols),
                 None => lo.b.w.clone(),
             };
             owned.push((lo.b.name.clone(), vec![lo.b.rows, lo.b.cols], bw));
@@ -118,71 +133,178 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     crate::data::io::write_atomic(path, text.as_bytes())
 }
 
-/// Write a fully fine-tuned model as `model.safetensors` + `config.json` (Hugging Face
-/// `LlamaForCausalLM` names and layout).
-pub fn save_full(dir: &Path, m: &TrainModel) -> Result<()> {
-    let c = &m.cfg;
-    let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    let mut push = |name: String, rows: usize, cols: usize, w: Vec<f32>| {
+/// Tensors of a full export, collected then written as one safetensors file.
+#[derive(Default)]
+struct Tensors(Vec<(String, Vec<usize>, Vec<f32>)>);
+
+impl Tensors {
+    /// A `[rows, cols]` tensor (`[cols]` when `rows` is 1).
+    fn push(&mut self, name: String, rows: usize, cols: usize, w: Vec<f32>) {
         let shape = if rows == 1 {
             vec![cols]
         } else {
             vec![rows, cols]
         };
-        owned.push((name, shape, w));
-    };
-    let weight = |w: &Weight| w.f32().into_owned();
-    let norm = |n: &Norm| match n {
-        Norm::Frozen(w) => w.clone(),
-        Norm::Train(p) => p.w.clone(),
-    };
-    push(
+        self.0.push((name, shape, w));
+    }
+
+    /// A norm weight, `minus` subtracted (Gemma: 1).
+    fn norm(&mut self, name: String, n: &Norm, minus: f32) {
+        let w = match n {
+            Norm::Frozen(w) => w.clone(),
+            Norm::Train(p) => p.w.clone(),
+        };
+        let len = w.len();
+        self.push(name, 1, len, w.into_iter().map(|v| v - minus).collect());
+    }
+
+    /// Layer `i`'s seven linears; `perm(j)`: (heads, head_dim) of a RoPE-permuted one.
+    fn linears(
+        &mut self,
+        i: usize,
+        lin: &[TLinear; 7],
+        perm: impl Fn(usize) -> Option<(usize, usize)>,
+    ) {
+        for (j, l) in lin.iter().enumerate() {
+            let (rows, cols) = (l.w.rows(), l.w.cols());
+            let w = l.w.f32().into_owned();
+            let w = match perm(j) {
+                Some((h, hd)) => unpermute_rows(&w, h, hd, cols),
+                None => w,
+            };
+            let name = format!(
+                "model.layers.{i}.{}.{}.weight",
+                linear_parent(j),
+                LINEAR_NAMES[j]
+            );
+            self.push(name, rows, cols, w);
+        }
+    }
+
+    fn write(&self, dir: &Path, config: &serde_json::Value) -> Result<()> {
+        let tensors: Vec<TensorRef> = self
+            .0
+            .iter()
+            .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
+            .collect();
+        let mut meta = BTreeMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        write_safetensors(&dir.join("model.safetensors"), &tensors, &meta)?;
+        write_json(&dir.join("config.json"), config)
+    }
+}
+
+/// Write a fully fine-tuned model as `model.safetensors` + `config.json` (Hugging Face
+/// `LlamaForCausalLM` / `Gemma3ForCausalLM` names and layout).
+pub fn save_full(dir: &Path, m: &TrainModel) -> Result<()> {
+    match m {
+        TrainModel::Llama(m) => save_full_llama(dir, m),
+        TrainModel::Gemma3(m) => save_full_gemma3(dir, m),
+    }
+}
+
+fn save_full_llama(dir: &Path, m: &TLlama) -> Result<()> {
+    let c = &m.cfg;
+    let mut t = Tensors::default();
+    let embd = m.embd.f32().into_owned();
+    t.push(
         "model.embed_tokens.weight".into(),
         c.vocab_size,
         c.dim,
-        weight(&m.embd),
+        embd,
     );
     for (i, b) in m.blocks.iter().enumerate() {
         let p = format!("model.layers.{i}");
-        push(
-            format!("{p}.input_layernorm.weight"),
-            1,
-            c.dim,
-            norm(&b.attn_norm),
-        );
-        push(
+        t.norm(format!("{p}.input_layernorm.weight"), &b.attn_norm, 0.0);
+        t.norm(
             format!("{p}.post_attention_layernorm.weight"),
-            1,
-            c.dim,
-            norm(&b.ffn_norm),
+            &b.ffn_norm,
+            0.0,
         );
-        for (j, l) in b.lin.iter().enumerate() {
-            let (rows, cols) = (l.w.rows(), l.w.cols());
-            let w = weight(&l.w);
-            let w = match rope_heads(c, j) {
-                Some(h) => unpermute_rows(&w, h, c.head_dim, cols),
-                None => w,
-            };
-            push(
-                format!("{p}.{}.{}.weight", linear_parent(j), LINEAR_NAMES[j]),
-                rows,
-                cols,
-                w,
-            );
-        }
+        t.linears(i, &b.lin, |j| rope_heads(c, j).map(|h| (h, c.head_dim)));
     }
-    push("model.norm.weight".into(), 1, c.dim, norm(&m.out_norm));
+    t.norm("model.norm.weight".into(), &m.out_norm, 0.0);
     if let Some(h) = &m.head {
-        push("lm_head.weight".into(), c.vocab_size, c.dim, weight(h));
+        t.push(
+            "lm_head.weight".into(),
+            c.vocab_size,
+            c.dim,
+            h.f32().into_owned(),
+        );
     }
-    let tensors: Vec<TensorRef> = owned
+    t.write(dir, &hf_config(c, m.head.is_none()))
+}
+
+fn save_full_gemma3(dir: &Path, m: &TGemma3) -> Result<()> {
+    let c = &m.cfg;
+    let mut t = Tensors::default();
+    let embd = m.embd.f32().into_owned();
+    t.push(
+        "model.embed_tokens.weight".into(),
+        c.vocab_size,
+        c.dim,
+        embd,
+    );
+    for (i, b) in m.blocks.iter().enumerate() {
+        for (name, n) in GEMMA_NORM_NAMES.iter().zip(b.norms()) {
+            t.norm(format!("model.layers.{i}.{name}.weight"), n, 1.0);
+        }
+        t.linears(i, &b.lin, |_| None);
+    }
+    t.norm("model.norm.weight".into(), &m.out_norm, 1.0);
+    if let Some(h) = &m.head {
+        t.push(
+            "lm_head.weight".into(),
+            c.vocab_size,
+            c.dim,
+            h.f32().into_owned(),
+        );
+    }
+    t.write(dir, &hf_config_gemma3(c, m.head.is_none()))
+}
+
+/// A Hugging Face `config.json` for a Gemma 3 text model of this shape (`gemma3_text`).
+pub fn hf_config_gemma3(c: &Gemma3Config, tied: bool) -> serde_json::Value {
+    let layer_types: Vec<&str> = c
+        .global_layers
         .iter()
-        .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
+        .map(|&g| {
+            if g {
+                "full_attention"
+            } else {
+                "sliding_attention"
+            }
+        })
         .collect();
-    let mut meta = BTreeMap::new();
-    meta.insert("format".to_string(), "pt".to_string());
-    write_safetensors(&dir.join("model.safetensors"), &tensors, &meta)?;
-    write_json(&dir.join("config.json"), &hf_config(c, m.head.is_none()))
+    json!({
+        "architectures": ["Gemma3ForCausalLM"],
+        "model_type": "gemma3_text",
+        "hidden_size": c.dim,
+        "intermediate_size": c.ffn_dim,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.context_length,
+        "rms_norm_eps": c.rms_eps,
+        "query_pre_attn_scalar": (1.0 / (c.attn_scale as f64).powi(2)).round() as u64,
+        "sliding_window": c.sliding_window,
+        "layer_types": layer_types,
+        "rope_parameters": {
+            "full_attention": {"rope_theta": c.rope_base_global, "rope_type": "default"},
+            "sliding_attention": {"rope_theta": c.rope_base_local, "rope_type": "default"},
+        },
+        // The same, as transformers 4.x reads them.
+        "rope_theta": c.rope_base_global,
+        "rope_local_base_freq": c.rope_base_local,
+        "final_logit_softcapping": c.final_softcap,
+        "attn_logit_softcapping": c.attn_softcap,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": tied,
+        "attention_bias": false,
+        "torch_dtype": "float32",
+    })
 }
 
 /// A Hugging Face `config.json` for a LLaMA of this shape.
@@ -208,10 +330,73 @@ pub fn hf_config(c: &LlamaConfig, tied: bool) -> serde_json::Value {
     })
 }
 
+/// `(heads, head_dim)` of each of a block's seven linears whose rows are RoPE-permuted in
+/// GGUF (LLaMA q and k), else `None`.
+pub type RowPerm = [Option<(usize, usize)>; 7];
+
+/// An inference model a LoRA adapter can be attached to: each block's seven linears (q, k,
+/// v, o, gate, up, down) and which of them are RoPE-permuted.
+pub trait AdapterTarget {
+    fn adapter_slots(&mut self) -> (Vec<[&mut Linear; 7]>, RowPerm);
+}
+
+impl AdapterTarget for Llama {
+    fn adapter_slots(&mut self) -> (Vec<[&mut Linear; 7]>, RowPerm) {
+        let c = &self.cfg;
+        let perm = std::array::from_fn(|j| rope_heads(c, j).map(|h| (h, c.head_dim)));
+        let blocks = self
+            .blocks
+            .iter_mut()
+            .map(|b| {
+                [
+                    &mut b.wq,
+                    &mut b.wk,
+                    &mut b.wv,
+                    &mut b.wo,
+                    &mut b.w_gate,
+                    &mut b.w_up,
+                    &mut b.w_down,
+                ]
+            })
+            .collect();
+        (blocks, perm)
+    }
+}
+
+impl AdapterTarget for Gemma3 {
+    fn adapter_slots(&mut self) -> (Vec<[&mut Linear; 7]>, RowPerm) {
+        let blocks = self
+            .blocks
+            .iter_mut()
+            .map(|b| {
+                [
+                    &mut b.wq,
+                    &mut b.wk,
+                    &mut b.wv,
+                    &mut b.wo,
+                    &mut b.w_gate,
+                    &mut b.w_up,
+                    &mut b.w_down,
+                ]
+            })
+            .collect();
+        (blocks, [None; 7])
+    }
+}
+
+impl AdapterTarget for Model {
+    fn adapter_slots(&mut self) -> (Vec<[&mut Linear; 7]>, RowPerm) {
+        match self {
+            Model::Llama(m) => m.adapter_slots(),
+            Model::Gemma3(m) => m.adapter_slots(),
+        }
+    }
+}
+
 /// Attach a PEFT LoRA adapter directory (or its `adapter_model.safetensors`) to an inference
 /// model: every `lora_A`/`lora_B` pair found becomes the [`LoraAdapter`] of its linear.
 /// Returns how many linears got an adapter.
-pub fn load_adapter(path: &Path, m: &mut Llama) -> Result<usize> {
+pub fn load_adapter(path: &Path, m: &mut impl AdapterTarget) -> Result<usize> {
     let dir = if path.is_dir() {
         path.to_path_buf()
     } else {
@@ -238,18 +423,9 @@ pub fn load_adapter(path: &Path, m: &mut Llama) -> Result<usize> {
         )));
     }
     let mut st = read_safetensors(&file)?;
-    let c = m.cfg.clone();
+    let (blocks, perm) = m.adapter_slots();
     let mut count = 0;
-    for (i, b) in m.blocks.iter_mut().enumerate() {
-        let lins = [
-            &mut b.wq,
-            &mut b.wk,
-            &mut b.wv,
-            &mut b.wo,
-            &mut b.w_gate,
-            &mut b.w_up,
-            &mut b.w_down,
-        ];
+    for (i, lins) in blocks.into_iter().enumerate() {
         for (j, lin) in lins.into_iter().enumerate() {
             let key = format!(
                 "base_model.model.model.layers.{i}.{}.{}",
@@ -270,8 +446,8 @@ pub fn load_adapter(path: &Path, m: &mut Llama) -> Result<usize> {
                     ),
                 });
             }
-            let bw = match rope_heads(&c, j) {
-                Some(h) => permute_rows(&bw, h, c.head_dim, r),
+            let bw = match perm[j] {
+                Some((h, hd)) => permute_rows(&bw, h, hd, r),
                 None => bw,
             };
             lin.lora = Some(LoraAdapter {

@@ -1,9 +1,11 @@
-//! The train room: supervised fine-tuning of a GGUF LLaMA on instruction data, full or LoRA
+//! The train room: supervised fine-tuning of a GGUF model (LLaMA, Gemma 3) on instruction data, full or LoRA
 //! (QLoRA when the base is quantized: the base stays in its file type and frozen).
 //!
 //! - [`batch`]: template, tokenization with an exact prompt/target boundary, masking,
 //!   split, length-grouped batching;
-//! - [`model`]: the training graph, an explicit forward and backward (llm.c style);
+//! - [`model`]: the training graph's shared types (parameters, LoRA linears, the method);
+//!   [`layers`]: its primitives, forward and backward; [`llama`], [`gemma3`]: one graph per
+//!   architecture (llm.c style: an explicit forward and backward);
 //! - [`gemm`]: the f32 matrix products under it;
 //! - [`optim`]: AdamW, schedules with warmup, gradient clipping;
 //! - [`checkpoint`]: safetensors I/O and atomic checkpoints with exact resume;
@@ -16,6 +18,9 @@ pub mod batch;
 pub mod checkpoint;
 pub mod export;
 pub mod gemm;
+pub mod gemma3;
+pub mod layers;
+pub mod llama;
 pub mod metrics;
 pub mod model;
 pub mod optim;
@@ -30,8 +35,8 @@ use serde_json::json;
 use crate::data::io::read_examples;
 use crate::data::template::{Template, TemplateChoice};
 use crate::error::{Error, Result};
-use crate::model::gguf::Gguf;
-use crate::model::llama::Llama;
+use crate::model::hf::open_model;
+use crate::model::Model;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use batch::{encode_example, epoch_batches, split, Batch, Encoded, ValSize};
@@ -283,8 +288,8 @@ pub fn train(
 ) -> Result<Summary> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
-    let g = Gguf::open(&cfg.model)?;
-    let llama = Llama::from_gguf(&g)?;
+    let g = open_model(&cfg.model)?;
+    let base = Model::from_gguf(&g)?;
     let tok = Tokenizer::from_gguf(&g)?;
     let tok_str = |id: Option<u32>| id.and_then(|i| tok.token_str(i)).unwrap_or("").to_string();
     let template = Template::resolve(
@@ -294,8 +299,8 @@ pub fn train(
         &tok_str(tok.eos_id()),
     );
     let data = prepare_data(cfg, &tok, &template)?;
-    let mut model = TrainModel::from_llama(&llama, &cfg.method, cfg.seed)?;
-    drop(llama);
+    let mut model = TrainModel::from_model(&base, &cfg.method, cfg.seed)?;
+    drop(base);
 
     let micro = cfg.micro_batch_size;
     let accum = cfg.batch_size / micro;

@@ -1,17 +1,17 @@
-//! The LLaMA training graph, llm.c style: an explicit forward that saves what the backward
-//! needs, and an explicit backward, over f32 GEMMs ([`super::gemm`]).
+//! The training graph's shared parts, llm.c style: an explicit forward that saves what the
+//! backward needs, and an explicit backward, over f32 GEMMs ([`super::gemm`]).
 //!
-//! Layers: token embedding, RMSNorm, linear (+ LoRA), RoPE (GGUF adjacent-pair layout),
-//! causal grouped-query attention, SwiGLU, the (tied) output head and cross-entropy on target
-//! positions only (logits are never built for masked positions).
+//! This file holds what every architecture shares: trainable [`Param`]s, [`Weight`]s
+//! (frozen in their file type, or trainable f32), the linear layer with LoRA ([`TLinear`]),
+//! norms, the [`Method`], the builder that turns a loaded model's tensors into training
+//! tensors, and [`TrainModel`], one variant per architecture file: [`super::llama`] and
+//! [`super::gemma3`]. The layers' math (forward and backward) is in [`super::layers`].
 //!
-//! Weights are either trainable f32 [`Param`]s or frozen [`QMatrix`]es in their file type
-//! (QLoRA: a frozen quantized weight is dequantized transiently for one product, its input
-//! gradient is `dX = dY . W`, and it never gets a weight gradient).
+//! QLoRA: a frozen quantized weight is dequantized transiently for one product, its input
+//! gradient is `dX = dY . W`, and it never gets a weight gradient.
 //!
 //! Shapes: `n` tokens of a micro-batch (sequences packed back to back, no padding), `d` model
-//! width, `hd` head dim, `qd = nh*hd`, `kvd = nkv*hd`, `f` feed-forward width, `r` LoRA rank,
-//! `V` vocabulary, `L` one sequence's length.
+//! width, `r` LoRA rank.
 
 use std::borrow::Cow;
 
@@ -19,11 +19,14 @@ use rayon::prelude::*;
 
 use super::batch::Batch;
 use super::gemm;
+use super::gemma3::TGemma3;
+use super::llama::TLlama;
 use crate::error::{Error, Result};
+use crate::model::gemma3::Gemma3;
 use crate::model::linear::QMatrix;
-use crate::model::llama::{Llama, LlamaConfig};
-use crate::model::ops::{dot, rms_norm, rope_angles, rope_normal, silu, softmax};
+use crate::model::llama::Llama;
 use crate::model::quant::GgmlType;
+use crate::model::Model;
 use crate::rng::Rng;
 
 // ------------------------------------------------------------------------------------------
@@ -102,7 +105,7 @@ impl Weight {
         }
     }
     /// Rows `r0..r1` as f32: borrowed when already f32, else dequantized (transiently).
-    fn rows_f32(&self, r0: usize, r1: usize) -> Cow<'_, [f32]> {
+    pub(super) fn rows_f32(&self, r0: usize, r1: usize) -> Cow<'_, [f32]> {
         let cols = self.cols();
         if let Cow::Borrowed(all) = self.f32_if_plain() {
             return Cow::Borrowed(&all[r0 * cols..r1 * cols]);
@@ -134,7 +137,7 @@ impl Weight {
         }
     }
     /// Copy row `r` into `out` (embedding lookup).
-    fn row_into(&self, r: usize, out: &mut [f32]) {
+    pub(super) fn row_into(&self, r: usize, out: &mut [f32]) {
         match self {
             Weight::Frozen(q) => q.dequantize_row_into(r, out),
             Weight::Train(p) => out.copy_from_slice(&p.w[r * p.cols..(r + 1) * p.cols]),
@@ -174,7 +177,14 @@ impl TLinear {
 
     /// `y[n, out] = x[n, in] W^T (+ scale * (drop(x) A^T) B^T)`. Returns `u = drop(x) A^T`
     /// (`[n, r]`, empty without LoRA), saved for backward.
-    fn forward(&self, x: &[f32], n: usize, y: &mut [f32], p: f32, seed: u64) -> Vec<f32> {
+    pub(super) fn forward(
+        &self,
+        x: &[f32],
+        n: usize,
+        y: &mut [f32],
+        p: f32,
+        seed: u64,
+    ) -> Vec<f32> {
         let (rows, cols) = self.dims();
         gemm::nt(x, &self.w.f32(), y, n, cols, rows, 1.0, false);
         let Some(l) = &self.lora else {
@@ -195,7 +205,7 @@ impl TLinear {
 
     /// Accumulate weight gradients and write (`acc` false) or add `dx[n, in] = dy W (+ LoRA)`.
     #[allow(clippy::too_many_arguments)]
-    fn backward(
+    pub(super) fn backward(
         &mut self,
         x: &[f32],
         n: usize,
@@ -244,7 +254,7 @@ pub enum Norm {
 }
 
 impl Norm {
-    fn w(&self) -> &[f32] {
+    pub(super) fn w(&self) -> &[f32] {
         match self {
             Norm::Frozen(w) => w,
             Norm::Train(p) => &p.w,
@@ -256,7 +266,7 @@ impl Norm {
 // Model
 // ------------------------------------------------------------------------------------------
 
-/// Module names of a block's linears, in [`TBlock::lin`] order, and their HF parents.
+/// Module names of a block's linears, in `lin` order, and their HF parents.
 pub const LINEAR_NAMES: [&str; 7] = [
     "q_proj",
     "k_proj",
@@ -266,13 +276,13 @@ pub const LINEAR_NAMES: [&str; 7] = [
     "up_proj",
     "down_proj",
 ];
-const Q: usize = 0;
-const K: usize = 1;
-const V: usize = 2;
-const O: usize = 3;
-const GATE: usize = 4;
-const UP: usize = 5;
-const DOWN: usize = 6;
+pub(super) const Q: usize = 0;
+pub(super) const K: usize = 1;
+pub(super) const V: usize = 2;
+pub(super) const O: usize = 3;
+pub(super) const GATE: usize = 4;
+pub(super) const UP: usize = 5;
+pub(super) const DOWN: usize = 6;
 
 /// `self_attn` or `mlp`: the Hugging Face parent module of linear `i`.
 pub fn linear_parent(i: usize) -> &'static str {
@@ -281,15 +291,6 @@ pub fn linear_parent(i: usize) -> &'static str {
     } else {
         "mlp"
     }
-}
-
-/// One transformer block of the training graph.
-#[derive(Debug, Clone)]
-pub struct TBlock {
-    pub attn_norm: Norm, // [d]
-    pub ffn_norm: Norm,  // [d]
-    /// q [qd,d], k [kvd,d], v [kvd,d], o [d,qd], gate [f,d], up [f,d], down [d,f].
-    pub lin: [TLinear; 7],
 }
 
 /// What is trained.
@@ -307,33 +308,128 @@ pub enum Method {
     },
 }
 
-/// The LLaMA training graph and its weights.
-#[derive(Debug, Clone)]
-pub struct TrainModel {
-    pub cfg: LlamaConfig,
-    pub embd: Weight, // [V, d]
-    pub blocks: Vec<TBlock>,
-    pub out_norm: Norm, // [d]
-    /// Untied output head [V, d]; `None` when tied to `embd`.
-    pub head: Option<Weight>,
+impl Method {
     /// LoRA dropout probability (0 for full fine-tuning).
-    pub dropout: f32,
+    pub fn dropout(&self) -> f32 {
+        match self {
+            Method::Full => 0.0,
+            Method::Lora { dropout, .. } => *dropout,
+        }
+    }
 }
 
-/// Activations of one block saved by the forward for the backward.
-struct LayerActs {
-    x: Vec<f32>,          // [n, d] block input (residual)
-    rstd1: Vec<f32>,      // [n]
-    q: Vec<f32>,          // [n, qd] after RoPE
-    k: Vec<f32>,          // [n, kvd] after RoPE
-    v: Vec<f32>,          // [n, kvd]
-    probs: Vec<Vec<f32>>, // per (sequence, head): [L, L]
-    att: Vec<f32>,        // [n, qd]
-    x2: Vec<f32>,         // [n, d] residual after attention
-    rstd2: Vec<f32>,      // [n]
-    g: Vec<f32>,          // [n, f] gate pre-activation
-    up: Vec<f32>,         // [n, f]
-    u: [Vec<f32>; 7],     // LoRA intermediates [n, r]
+/// Turns a loaded model's tensors into training tensors for a [`Method`]: trainable f32
+/// copies for full fine-tuning; frozen originals plus LoRA adapters otherwise.
+pub(super) struct Builder<'a> {
+    method: &'a Method,
+    rng: Rng,
+}
+
+impl<'a> Builder<'a> {
+    /// `seed` initializes LoRA `A`.
+    pub(super) fn new(method: &'a Method, seed: u64) -> Self {
+        Builder {
+            method,
+            rng: Rng::new(seed),
+        }
+    }
+
+    fn full(&self) -> bool {
+        *self.method == Method::Full
+    }
+
+    /// A matrix outside the blocks (embedding, untied head): trainable only when full.
+    pub(super) fn weight(&self, name: &str, q: &QMatrix) -> Weight {
+        if self.full() {
+            Weight::Train(Param::new(name.into(), q.to_f32(), q.rows, q.cols, true))
+        } else {
+            Weight::Frozen(q.clone())
+        }
+    }
+
+    /// A norm weight: trainable (without weight decay) only when full.
+    pub(super) fn norm(&self, name: String, w: &[f32]) -> Norm {
+        if self.full() {
+            Norm::Train(Param::new(name, w.to_vec(), 1, w.len(), false))
+        } else {
+            Norm::Frozen(w.to_vec())
+        }
+    }
+
+    /// Layer `i`'s seven linears (in [`LINEAR_NAMES`] order), named as Hugging Face does.
+    pub(super) fn linears(&mut self, i: usize, ws: [&QMatrix; 7]) -> Result<[TLinear; 7]> {
+        let mut out = Vec::with_capacity(7);
+        for (j, q) in ws.into_iter().enumerate() {
+            let key = format!("layers.{i}.{}.{}", linear_parent(j), LINEAR_NAMES[j]);
+            out.push(match self.method {
+                Method::Full => TLinear {
+                    w: Weight::Train(Param::new(
+                        format!("model.{key}.weight"),
+                        q.to_f32(),
+                        q.rows,
+                        q.cols,
+                        true,
+                    )),
+                    lora: None,
+                },
+                Method::Lora {
+                    r, alpha, targets, ..
+                } => {
+                    let lora = if targets[j] {
+                        // PEFT init: A ~ kaiming-uniform(a=sqrt(5)) = U(+-1/sqrt(in)),
+                        // B = 0, so training starts at the base model.
+                        let bound = 1.0 / (q.cols as f32).sqrt();
+                        let a: Vec<f32> = (0..r * q.cols)
+                            .map(|_| (self.rng.next_f32() * 2.0 - 1.0) * bound)
+                            .collect();
+                        let p = format!("base_model.model.model.{key}");
+                        Some(Lora {
+                            a: Param::new(format!("{p}.lora_A.weight"), a, *r, q.cols, true),
+                            b: Param::new(
+                                format!("{p}.lora_B.weight"),
+                                vec![0.0; q.rows * r],
+                                q.rows,
+                                *r,
+                                true,
+                            ),
+                            scale: alpha / *r as f32,
+                        })
+                    } else {
+                        None
+                    };
+                    TLinear {
+                        w: Weight::Frozen(q.clone()),
+                        lora,
+                    }
+                }
+            });
+        }
+        out.try_into()
+            .map_err(|_| Error::Internal("a block has 7 linears".into()))
+    }
+}
+
+/// Push a block's trainable tensors (norms first, then linears with their adapters) in a
+/// stable order.
+pub(super) fn push_block_params<'a>(
+    v: &mut Vec<&'a mut Param>,
+    norms: Vec<&'a mut Norm>,
+    lin: &'a mut [TLinear; 7],
+) {
+    for n in norms {
+        if let Norm::Train(p) = n {
+            v.push(p);
+        }
+    }
+    for l in lin {
+        if let Weight::Train(p) = &mut l.w {
+            v.push(p);
+        }
+        if let Some(lo) = &mut l.lora {
+            v.push(&mut lo.a);
+            v.push(&mut lo.b);
+        }
+    }
 }
 
 /// Loss of one micro-batch.
@@ -344,143 +440,41 @@ pub struct LossOut {
     pub n_targets: usize,
 }
 
+/// Seed of the LoRA dropout mask of linear `j` in layer `l`, from the micro-batch's seed.
+pub(super) fn lora_seed(seed: u64, l: usize, j: usize) -> u64 {
+    Rng::new(seed ^ ((l * 7 + j + 1) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+}
+
+/// The training graph of one of the supported architectures, with its weights.
+#[derive(Debug, Clone)]
+pub enum TrainModel {
+    Llama(TLlama),
+    Gemma3(TGemma3),
+}
+
 impl TrainModel {
-    /// Build the training graph over a loaded LLaMA. `seed` initializes LoRA `A`.
-    pub fn from_llama(m: &Llama, method: &Method, seed: u64) -> Result<TrainModel> {
-        let cfg = m.cfg.clone();
-        let full = *method == Method::Full;
-        let train_w = |name: String, q: &QMatrix| {
-            Weight::Train(Param::new(name, q.to_f32(), q.rows, q.cols, true))
-        };
-        let norm = |name: String, w: &[f32]| {
-            if full {
-                Norm::Train(Param::new(name, w.to_vec(), 1, w.len(), false))
-            } else {
-                Norm::Frozen(w.to_vec())
-            }
-        };
-        let mut rng = Rng::new(seed);
-        let mut blocks = Vec::with_capacity(cfg.n_layers);
-        for (i, b) in m.blocks.iter().enumerate() {
-            let ws = [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down];
-            let lin: Vec<TLinear> = ws
-                .iter()
-                .enumerate()
-                .map(|(j, l)| {
-                    let q = &l.weight;
-                    let key = format!("layers.{i}.{}.{}", linear_parent(j), LINEAR_NAMES[j]);
-                    match method {
-                        Method::Full => TLinear {
-                            w: train_w(format!("model.{key}.weight"), q),
-                            lora: None,
-                        },
-                        Method::Lora {
-                            r, alpha, targets, ..
-                        } => {
-                            let lora = targets[j].then(|| {
-                                // PEFT init: A ~ kaiming-uniform(a=sqrt(5)) = U(+-1/sqrt(in)),
-                                // B = 0, so training starts at the base model.
-                                let bound = 1.0 / (q.cols as f32).sqrt();
-                                let a: Vec<f32> = (0..r * q.cols)
-                                    .map(|_| (rng.next_f32() * 2.0 - 1.0) * bound)
-                                    .collect();
-                                let p = format!("base_model.model.model.{key}");
-                                Lora {
-                                    a: Param::new(
-                                        format!("{p}.lora_A.weight"),
-                                        a,
-                                        *r,
-                                        q.cols,
-                                        true,
-                                    ),
-                                    b: Param::new(
-                                        format!("{p}.lora_B.weight"),
-                                        vec![0.0; q.rows * r],
-                                        q.rows,
-                                        *r,
-                                        true,
-                                    ),
-                                    scale: alpha / *r as f32,
-                                }
-                            });
-                            TLinear {
-                                w: Weight::Frozen(q.clone()),
-                                lora,
-                            }
-                        }
-                    }
-                })
-                .collect();
-            let lin: [TLinear; 7] = lin
-                .try_into()
-                .map_err(|_| Error::Internal("a block has 7 linears".into()))?;
-            blocks.push(TBlock {
-                attn_norm: norm(
-                    format!("model.layers.{i}.input_layernorm.weight"),
-                    &b.attn_norm,
-                ),
-                ffn_norm: norm(
-                    format!("model.layers.{i}.post_attention_layernorm.weight"),
-                    &b.ffn_norm,
-                ),
-                lin,
-            });
+    /// Build the training graph over a loaded model. `seed` initializes LoRA `A`.
+    pub fn from_model(m: &Model, method: &Method, seed: u64) -> Result<TrainModel> {
+        match m {
+            Model::Llama(m) => Self::from_llama(m, method, seed),
+            Model::Gemma3(m) => Self::from_gemma3(m, method, seed),
         }
-        let embd = if full {
-            train_w("model.embed_tokens.weight".into(), &m.tok_embd)
-        } else {
-            Weight::Frozen(m.tok_embd.clone())
-        };
-        let head = (!m.tied_output).then(|| {
-            if full {
-                train_w("lm_head.weight".into(), &m.output.weight)
-            } else {
-                Weight::Frozen(m.output.weight.clone())
-            }
-        });
-        Ok(TrainModel {
-            cfg,
-            embd,
-            blocks,
-            out_norm: norm("model.norm.weight".into(), &m.output_norm),
-            head,
-            dropout: match method {
-                Method::Full => 0.0,
-                Method::Lora { dropout, .. } => *dropout,
-            },
-        })
+    }
+
+    pub fn from_llama(m: &Llama, method: &Method, seed: u64) -> Result<TrainModel> {
+        TLlama::new(m, method, seed).map(TrainModel::Llama)
+    }
+
+    pub fn from_gemma3(m: &Gemma3, method: &Method, seed: u64) -> Result<TrainModel> {
+        TGemma3::new(m, method, seed).map(TrainModel::Gemma3)
     }
 
     /// Every trainable tensor, in a stable order (optimizer state and checkpoints follow it).
     pub fn params_mut(&mut self) -> Vec<&mut Param> {
-        let mut v: Vec<&mut Param> = Vec::new();
-        if let Weight::Train(p) = &mut self.embd {
-            v.push(p);
+        match self {
+            TrainModel::Llama(m) => m.params_mut(),
+            TrainModel::Gemma3(m) => m.params_mut(),
         }
-        for b in &mut self.blocks {
-            if let Norm::Train(p) = &mut b.attn_norm {
-                v.push(p);
-            }
-            if let Norm::Train(p) = &mut b.ffn_norm {
-                v.push(p);
-            }
-            for l in &mut b.lin {
-                if let Weight::Train(p) = &mut l.w {
-                    v.push(p);
-                }
-                if let Some(lo) = &mut l.lora {
-                    v.push(&mut lo.a);
-                    v.push(&mut lo.b);
-                }
-            }
-        }
-        if let Norm::Train(p) = &mut self.out_norm {
-            v.push(p);
-        }
-        if let Some(Weight::Train(p)) = &mut self.head {
-            v.push(p);
-        }
-        v
     }
 
     /// Set every gradient to zero.
@@ -499,573 +493,12 @@ impl TrainModel {
         seed: Option<u64>,
         backward: bool,
     ) -> Result<LossOut> {
-        let c = self.cfg.clone();
-        let n = b.tokens.len();
-        let (d, hd, f) = (c.dim, c.head_dim, c.ffn_dim);
-        let (qd, kvd) = (c.q_dim(), c.kv_dim());
-        if n == 0 {
+        if b.tokens.is_empty() {
             return Ok(LossOut::default());
         }
-        let p_drop = if seed.is_some() { self.dropout } else { 0.0 };
-        let seed = seed.unwrap_or(0);
-        let lseed = |l: usize, j: usize| {
-            Rng::new(seed ^ ((l * 7 + j + 1) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
-        };
-
-        // x: [n, d] token embeddings
-        let mut x = vec![0f32; n * d];
-        for (row, &tok) in x.chunks_exact_mut(d).zip(&b.tokens) {
-            if tok as usize >= c.vocab_size {
-                return Err(Error::InvalidArgument(format!(
-                    "token id {tok} is outside the vocabulary of {}",
-                    c.vocab_size
-                )));
-            }
-            self.embd.row_into(tok as usize, row);
-        }
-        // RoPE tables by position within the sequence: [maxL, rope_dim/2].
-        let half = c.rope_dim / 2;
-        let max_len = b.seqs.iter().map(|s| s.1).max().unwrap_or(0);
-        let (mut cos, mut sin) = (vec![0f32; max_len * half], vec![0f32; max_len * half]);
-        for p in 0..max_len {
-            let s = p * half..(p + 1) * half;
-            rope_angles(p, c.rope_dim, c.rope_base, &mut cos[s.clone()], &mut sin[s]);
-        }
-        let neg_sin: Vec<f32> = sin.iter().map(|s| -s).collect();
-        let mut pos = vec![0usize; n];
-        for &(start, len) in &b.seqs {
-            for i in 0..len {
-                pos[start + i] = i;
-            }
-        }
-        let rope = |m: &mut [f32], width: usize, sin: &[f32]| {
-            m.par_chunks_mut(width).enumerate().for_each(|(i, row)| {
-                let t = pos[i] * half..(pos[i] + 1) * half;
-                for head in row.chunks_exact_mut(hd) {
-                    rope_normal(&mut head[..c.rope_dim], &cos[t.clone()], &sin[t.clone()]);
-                }
-            })
-        };
-        let attn = AttnCfg {
-            nh: c.n_heads,
-            nkv: c.n_kv_heads,
-            hd,
-            scale: 1.0 / (hd as f32).sqrt(),
-        };
-
-        // ---------------------------------------------------------------- forward
-        let mut acts: Vec<LayerActs> = Vec::with_capacity(c.n_layers);
-        for (l, blk) in self.blocks.iter().enumerate() {
-            let (h1, rstd1) = rms_forward(&x, blk.attn_norm.w(), c.rms_eps, d);
-            let mut u: [Vec<f32>; 7] = Default::default();
-            let mut q = vec![0f32; n * qd];
-            let mut k = vec![0f32; n * kvd];
-            let mut v = vec![0f32; n * kvd];
-            u[Q] = blk.lin[Q].forward(&h1, n, &mut q, p_drop, lseed(l, Q));
-            u[K] = blk.lin[K].forward(&h1, n, &mut k, p_drop, lseed(l, K));
-            u[V] = blk.lin[V].forward(&h1, n, &mut v, p_drop, lseed(l, V));
-            rope(&mut q, qd, &sin);
-            rope(&mut k, kvd, &sin);
-            let (probs, att) = attention_forward(&q, &k, &v, &b.seqs, attn, n);
-            let mut proj = vec![0f32; n * d];
-            u[O] = blk.lin[O].forward(&att, n, &mut proj, p_drop, lseed(l, O));
-            let mut x2 = x.clone();
-            x2.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
-
-            let (h2, rstd2) = rms_forward(&x2, blk.ffn_norm.w(), c.rms_eps, d);
-            let mut g = vec![0f32; n * f];
-            let mut up = vec![0f32; n * f];
-            u[GATE] = blk.lin[GATE].forward(&h2, n, &mut g, p_drop, lseed(l, GATE));
-            u[UP] = blk.lin[UP].forward(&h2, n, &mut up, p_drop, lseed(l, UP));
-            let act: Vec<f32> = g.par_iter().zip(&up).map(|(g, u)| silu(*g) * u).collect();
-            u[DOWN] = blk.lin[DOWN].forward(&act, n, &mut proj, p_drop, lseed(l, DOWN));
-            let mut x3 = x2.clone();
-            x3.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
-            let x_in = std::mem::replace(&mut x, x3);
-            acts.push(LayerActs {
-                x: x_in,
-                rstd1,
-                q,
-                k,
-                v,
-                probs,
-                att,
-                x2,
-                rstd2,
-                g,
-                up,
-                u,
-            });
-        }
-        let (hf, rstdf) = rms_forward(&x, self.out_norm.w(), c.rms_eps, d);
-        let (loss_sum, dhf) = self.head_loss(&hf, &b.targets, loss_scale, backward);
-        let out = LossOut {
-            loss_sum,
-            n_targets: b.targets.len(),
-        };
-        if !backward {
-            return Ok(out);
-        }
-
-        // ---------------------------------------------------------------- backward
-        // dx: [n, d] gradient of the residual stream.
-        let mut dx = vec![0f32; n * d];
-        rms_backward(&x, &mut self.out_norm, &rstdf, &dhf, d, &mut dx);
-        for (l, a) in acts.iter().enumerate().rev() {
-            let blk = &mut self.blocks[l];
-            // --- feed-forward
-            // Recomputed rather than saved: the norm outputs and silu(g) * up.
-            let (h1, _) = rms_forward(&a.x, blk.attn_norm.w(), c.rms_eps, d);
-            let (h2, _) = rms_forward(&a.x2, blk.ffn_norm.w(), c.rms_eps, d);
-            let act: Vec<f32> =
-                a.g.par_iter()
-                    .zip(&a.up)
-                    .map(|(g, u)| silu(*g) * u)
-                    .collect();
-            let mut dact = vec![0f32; n * f];
-            let lin = &mut blk.lin;
-            lin[DOWN].backward(
-                &act,
-                n,
-                &dx,
-                &a.u[DOWN],
-                &mut dact,
-                false,
-                p_drop,
-                lseed(l, DOWN),
-            );
-            let mut dg = vec![0f32; n * f];
-            let mut dup = vec![0f32; n * f];
-            dg.par_iter_mut()
-                .zip(dup.par_iter_mut())
-                .enumerate()
-                .for_each(|(i, (dgi, dui))| {
-                    let (gv, da) = (a.g[i], dact[i]);
-                    let sg = 1.0 / (1.0 + (-gv).exp());
-                    *dui = da * gv * sg;
-                    *dgi = da * a.up[i] * sg * (1.0 + gv * (1.0 - sg));
-                });
-            let mut dh = vec![0f32; n * d];
-            lin[GATE].backward(
-                &h2,
-                n,
-                &dg,
-                &a.u[GATE],
-                &mut dh,
-                false,
-                p_drop,
-                lseed(l, GATE),
-            );
-            lin[UP].backward(&h2, n, &dup, &a.u[UP], &mut dh, true, p_drop, lseed(l, UP));
-            rms_backward(&a.x2, &mut blk.ffn_norm, &a.rstd2, &dh, d, &mut dx);
-
-            // --- attention
-            let mut datt = vec![0f32; n * qd];
-            lin[O].backward(
-                &a.att,
-                n,
-                &dx,
-                &a.u[O],
-                &mut datt,
-                false,
-                p_drop,
-                lseed(l, O),
-            );
-            let (mut dq, mut dk, dv) =
-                attention_backward(&a.q, &a.k, &a.v, &a.probs, &datt, &b.seqs, attn, n);
-            rope(&mut dq, qd, &neg_sin);
-            rope(&mut dk, kvd, &neg_sin);
-            lin[Q].backward(&h1, n, &dq, &a.u[Q], &mut dh, false, p_drop, lseed(l, Q));
-            lin[K].backward(&h1, n, &dk, &a.u[K], &mut dh, true, p_drop, lseed(l, K));
-            lin[V].backward(&h1, n, &dv, &a.u[V], &mut dh, true, p_drop, lseed(l, V));
-            rms_backward(&a.x, &mut blk.attn_norm, &a.rstd1, &dh, d, &mut dx);
-        }
-        if let Weight::Train(p) = &mut self.embd {
-            for (row, &tok) in dx.chunks_exact(d).zip(&b.tokens) {
-                let t = tok as usize;
-                p.g[t * d..(t + 1) * d]
-                    .iter_mut()
-                    .zip(row)
-                    .for_each(|(g, v)| *g += v);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Cross-entropy of the head at target rows only. Returns the summed loss and, with
-    /// `backward`, `dhf` ([n, d], zero at non-target rows), accumulating the head's gradient.
-    fn head_loss(
-        &mut self,
-        hf: &[f32],
-        targets: &[(usize, u32)],
-        loss_scale: f32,
-        backward: bool,
-    ) -> (f64, Vec<f32>) {
-        let (d, vocab) = (self.cfg.dim, self.cfg.vocab_size);
-        let n = hf.len() / d;
-        let mut dhf = if backward {
-            vec![0f32; n * d]
-        } else {
-            Vec::new()
-        };
-        let head = match &mut self.head {
-            Some(h) => h,
-            None => &mut self.embd,
-        };
-        // A frozen (possibly quantized) head is dequantized a slice of the vocabulary at a
-        // time, so it never exists whole in f32; a trainable head is used in place.
-        let mut grad = match head {
-            Weight::Train(p) => Some(std::mem::take(&mut p.g)),
-            Weight::Frozen(_) => None,
-        };
-        let head: &Weight = head;
-        const CHUNK: usize = 256;
-        const VCH: usize = 8192;
-        let vchunks: Vec<(usize, usize)> = (0..vocab)
-            .step_by(VCH)
-            .map(|v0| (v0, (v0 + VCH).min(vocab)))
-            .collect();
-        let mut loss = 0f64;
-        for tc in targets.chunks(CHUNK) {
-            let m = tc.len();
-            let mut ht = vec![0f32; m * d]; // [m, d]
-            for (row, &(i, _)) in ht.chunks_exact_mut(d).zip(tc) {
-                row.copy_from_slice(&hf[i * d..(i + 1) * d]);
-            }
-            let mut logits = vec![0f32; m * vocab]; // [m, V]
-            for &(v0, v1) in &vchunks {
-                let e = head.rows_f32(v0, v1); // [vc, d]
-                gemm::sgemm(
-                    m,
-                    d,
-                    v1 - v0,
-                    1.0,
-                    &ht,
-                    (d, 1),
-                    &e,
-                    (1, d),
-                    0.0,
-                    &mut logits[v0..],
-                    (vocab, 1),
-                );
-            }
-            let losses: Vec<f64> = logits
-                .par_chunks_mut(vocab)
-                .zip(tc)
-                .map(|(row, &(_, label))| {
-                    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    let sum: f64 = row.iter().map(|&z| ((z - max) as f64).exp()).sum();
-                    let lse = max as f64 + sum.ln();
-                    let l = lse - row[label as usize] as f64;
-                    if backward {
-                        for z in row.iter_mut() {
-                            *z = (((*z as f64) - lse).exp() as f32) * loss_scale;
-                        }
-                        row[label as usize] -= loss_scale;
-                    }
-                    l
-                })
-                .collect();
-            loss += losses.iter().sum::<f64>();
-            if !backward {
-                continue;
-            }
-            let mut dht = vec![0f32; m * d]; // [m, d] = dlogits . E
-            for &(v0, v1) in &vchunks {
-                let vc = v1 - v0;
-                let e = head.rows_f32(v0, v1);
-                gemm::sgemm(
-                    m,
-                    vc,
-                    d,
-                    1.0,
-                    &logits[v0..],
-                    (vocab, 1),
-                    &e,
-                    (d, 1),
-                    1.0,
-                    &mut dht,
-                    (d, 1),
-                );
-                if let Some(g) = grad.as_deref_mut() {
-                    // dE[v0..v1, d] += dlogits[:, v0..v1]^T ht
-                    gemm::sgemm(
-                        vc,
-                        m,
-                        d,
-                        1.0,
-                        &logits[v0..],
-                        (1, vocab),
-                        &ht,
-                        (d, 1),
-                        1.0,
-                        &mut g[v0 * d..],
-                        (d, 1),
-                    );
-                }
-            }
-            for (row, &(i, _)) in dht.chunks_exact(d).zip(tc) {
-                dhf[i * d..(i + 1) * d].copy_from_slice(row);
-            }
-        }
-        if let Some(g) = grad {
-            let head = match &mut self.head {
-                Some(h) => h,
-                None => &mut self.embd,
-            };
-            if let Weight::Train(p) = head {
-                p.g = g;
-            }
-        }
-        (loss, dhf)
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// Primitives' forward (through ops.rs) and backward
-// ------------------------------------------------------------------------------------------
-
-/// RMSNorm of each row: returns the output `[n, d]` and `rstd = 1/sqrt(mean(x^2)+eps)` `[n]`.
-fn rms_forward(x: &[f32], w: &[f32], eps: f32, d: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(d)
-        .zip(x.par_chunks(d))
-        .for_each(|(o, xr)| rms_norm(xr, w, eps, o));
-    let rstd = x
-        .par_chunks(d)
-        .map(|xr| 1.0 / (dot(xr, xr) / d as f32 + eps).sqrt())
-        .collect();
-    (out, rstd)
-}
-
-/// RMSNorm backward: adds `dL/dx` into `dx`, and `dL/dw` into the norm's gradient when
-/// trainable. `dx_i = r w_i dy_i - r^3/d x_i sum_j(dy_j w_j x_j)`.
-fn rms_backward(x: &[f32], norm: &mut Norm, rstd: &[f32], dy: &[f32], d: usize, dx: &mut [f32]) {
-    let w = norm.w();
-    dx.par_chunks_mut(d)
-        .zip(x.par_chunks(d).zip(dy.par_chunks(d)))
-        .zip(rstd.par_iter())
-        .for_each(|((o, (xr, dyr)), &r)| {
-            let s: f32 = (0..d).map(|j| dyr[j] * w[j] * xr[j]).sum();
-            let c = r * r * r * s / d as f32;
-            for j in 0..d {
-                o[j] += r * w[j] * dyr[j] - c * xr[j];
-            }
-        });
-    if let Norm::Train(p) = norm {
-        // Sequential over rows: deterministic sums.
-        for ((xr, dyr), &r) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(rstd) {
-            for j in 0..d {
-                p.g[j] += dyr[j] * xr[j] * r;
-            }
+        match self {
+            TrainModel::Llama(m) => m.forward_backward(b, loss_scale, seed, backward),
+            TrainModel::Gemma3(m) => m.forward_backward(b, loss_scale, seed, backward),
         }
     }
-}
-
-/// Attention geometry.
-#[derive(Debug, Clone, Copy)]
-struct AttnCfg {
-    nh: usize,
-    nkv: usize,
-    hd: usize,
-    scale: f32,
-}
-
-/// Causal GQA attention over packed sequences. Returns the probabilities per
-/// (sequence, head) (`[L, L]`, zero above the diagonal) and the output `[n, qd]`.
-fn attention_forward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    seqs: &[(usize, usize)],
-    a: AttnCfg,
-    n: usize,
-) -> (Vec<Vec<f32>>, Vec<f32>) {
-    let (hd, qd, kvd) = (a.hd, a.nh * a.hd, a.nkv * a.hd);
-    let group = a.nh / a.nkv;
-    let tasks: Vec<(usize, usize)> = (0..seqs.len())
-        .flat_map(|s| (0..a.nh).map(move |h| (s, h)))
-        .collect();
-    let res: Vec<(Vec<f32>, Vec<f32>)> = tasks
-        .par_iter()
-        .map(|&(s, h)| {
-            let (start, len) = seqs[s];
-            let g = h / group;
-            let qh = &q[start * qd + h * hd..];
-            let kh = &k[start * kvd + g * hd..];
-            let vh = &v[start * kvd + g * hd..];
-            let mut p = vec![0f32; len * len]; // [L, L] scores -> probabilities
-            gemm::sgemm(
-                len,
-                hd,
-                len,
-                a.scale,
-                qh,
-                (qd, 1),
-                kh,
-                (1, kvd),
-                0.0,
-                &mut p,
-                (len, 1),
-            );
-            for (i, row) in p.chunks_exact_mut(len).enumerate() {
-                softmax(&mut row[..=i]);
-                row[i + 1..].fill(0.0);
-            }
-            let mut o = vec![0f32; len * hd]; // [L, hd]
-            gemm::sgemm(
-                len,
-                len,
-                hd,
-                1.0,
-                &p,
-                (len, 1),
-                vh,
-                (kvd, 1),
-                0.0,
-                &mut o,
-                (hd, 1),
-            );
-            (p, o)
-        })
-        .collect();
-    let mut out = vec![0f32; n * qd];
-    let mut probs = Vec::with_capacity(res.len());
-    for (&(s, h), (p, o)) in tasks.iter().zip(res) {
-        let start = seqs[s].0;
-        for (i, row) in o.chunks_exact(hd).enumerate() {
-            let at = (start + i) * qd + h * hd;
-            out[at..at + hd].copy_from_slice(row);
-        }
-        probs.push(p);
-    }
-    (probs, out)
-}
-
-/// Backward of [`attention_forward`]: `(dq [n, qd], dk [n, kvd], dv [n, kvd])`, gradients
-/// with respect to the post-RoPE `q` and `k`. One task per (sequence, kv head), so the
-/// grouped heads' contributions to `dk`/`dv` add up without races.
-#[allow(clippy::too_many_arguments)]
-fn attention_backward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    probs: &[Vec<f32>],
-    datt: &[f32],
-    seqs: &[(usize, usize)],
-    a: AttnCfg,
-    n: usize,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (hd, qd, kvd) = (a.hd, a.nh * a.hd, a.nkv * a.hd);
-    let group = a.nh / a.nkv;
-    let tasks: Vec<(usize, usize)> = (0..seqs.len())
-        .flat_map(|s| (0..a.nkv).map(move |g| (s, g)))
-        .collect();
-    type Grads = (Vec<Vec<f32>>, Vec<f32>, Vec<f32>);
-    let res: Vec<Grads> = tasks
-        .par_iter()
-        .map(|&(s, g)| {
-            let (start, len) = seqs[s];
-            let kh = &k[start * kvd + g * hd..];
-            let vh = &v[start * kvd + g * hd..];
-            let mut dkh = vec![0f32; len * hd];
-            let mut dvh = vec![0f32; len * hd];
-            let mut dqs = Vec::with_capacity(group);
-            let mut dp = vec![0f32; len * len];
-            for h in g * group..(g + 1) * group {
-                let p = &probs[s * a.nh + h]; // [L, L]
-                let doh = &datt[start * qd + h * hd..]; // [L, hd] stride qd
-                let qh = &q[start * qd + h * hd..];
-                // dV += P^T dO
-                gemm::sgemm(
-                    len,
-                    len,
-                    hd,
-                    1.0,
-                    p,
-                    (1, len),
-                    doh,
-                    (qd, 1),
-                    1.0,
-                    &mut dvh,
-                    (hd, 1),
-                );
-                // dP = dO V^T  [L, L]
-                gemm::sgemm(
-                    len,
-                    hd,
-                    len,
-                    1.0,
-                    doh,
-                    (qd, 1),
-                    vh,
-                    (1, kvd),
-                    0.0,
-                    &mut dp,
-                    (len, 1),
-                );
-                // dS = P * (dP - rowsum(P * dP)) * scale
-                for (i, (dr, pr)) in dp
-                    .chunks_exact_mut(len)
-                    .zip(p.chunks_exact(len))
-                    .enumerate()
-                {
-                    let s: f32 = (0..=i).map(|j| dr[j] * pr[j]).sum();
-                    for j in 0..=i {
-                        dr[j] = pr[j] * (dr[j] - s) * a.scale;
-                    }
-                    dr[i + 1..].fill(0.0);
-                }
-                // dQ = dS K ; dK += dS^T Q
-                let mut dqh = vec![0f32; len * hd];
-                gemm::sgemm(
-                    len,
-                    len,
-                    hd,
-                    1.0,
-                    &dp,
-                    (len, 1),
-                    kh,
-                    (kvd, 1),
-                    0.0,
-                    &mut dqh,
-                    (hd, 1),
-                );
-                gemm::sgemm(
-                    len,
-                    len,
-                    hd,
-                    1.0,
-                    &dp,
-                    (1, len),
-                    qh,
-                    (qd, 1),
-                    1.0,
-                    &mut dkh,
-                    (hd, 1),
-                );
-                dqs.push(dqh);
-            }
-            (dqs, dkh, dvh)
-        })
-        .collect();
-    let mut dq = vec![0f32; n * qd];
-    let mut dk = vec![0f32; n * kvd];
-    let mut dv = vec![0f32; n * kvd];
-    for (&(s, g), (dqs, dkh, dvh)) in tasks.iter().zip(res) {
-        let start = seqs[s].0;
-        for i in 0..seqs[s].1 {
-            let r = start + i;
-            for (j, dqh) in dqs.iter().enumerate() {
-                let h = g * group + j;
-                dq[r * qd + h * hd..r * qd + (h + 1) * hd]
-                    .copy_from_slice(&dqh[i * hd..(i + 1) * hd]);
-            }
-            dk[r * kvd + g * hd..r * kvd + (g + 1) * hd]
-                .copy_from_slice(&dkh[i * hd..(i + 1) * hd]);
-            dv[r * kvd + g * hd..r * kvd + (g + 1) * hd]
-                .copy_from_slice(&dvh[i * hd..(i + 1) * hd]);
-        }
-    }
-    (dq, dk, dv)
 }

@@ -1,0 +1,634 @@
+//! The primitives of the training graph, each written once with its forward and its
+//! backward, and shared by every architecture ([`super::llama`], [`super::gemma3`]):
+//! embedding lookup, RMSNorm, RoPE (both layouts), causal grouped-query attention over packed
+//! sequences (optionally sliding-window and soft-capped), the gated feed-forward activations
+//! and the output head's cross-entropy.
+//!
+//! Shapes: `n` tokens of a micro-batch (sequences packed back to back), `d` a row's width,
+//! `hd` head dim, `qd = nh*hd`, `kvd = nkv*hd`, `V` vocabulary, `L` one sequence's length.
+
+use rayon::prelude::*;
+
+use super::gemm;
+use super::model::{Norm, Weight};
+use crate::error::{Error, Result};
+use crate::model::attention::AttnShape;
+use crate::model::ops::{
+    dot, gelu_tanh, rms_norm, rope_angles, rope_neox, rope_normal, silu, softmax,
+};
+
+// ------------------------------------------------------------------------------------------
+// Embedding
+// ------------------------------------------------------------------------------------------
+
+/// Rows of `embd` for `tokens`, times `scale` (Gemma: `sqrt(d)`; LLaMA: 1): `[n, d]`.
+pub fn embed(embd: &Weight, tokens: &[u32], vocab: usize, scale: f32) -> Result<Vec<f32>> {
+    let d = embd.cols();
+    let mut x = vec![0f32; tokens.len() * d];
+    for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
+        if tok as usize >= vocab {
+            return Err(Error::InvalidArgument(format!(
+                "token id {tok} is outside the vocabulary of {vocab}"
+            )));
+        }
+        embd.row_into(tok as usize, row);
+        if scale != 1.0 {
+            row.iter_mut().for_each(|v| *v *= scale);
+        }
+    }
+    Ok(x)
+}
+
+/// Backward of [`embed`]: adds `scale * dx` into the rows' gradient when trainable.
+pub fn embed_backward(embd: &mut Weight, tokens: &[u32], dx: &[f32], scale: f32) {
+    let Weight::Train(p) = embd else {
+        return;
+    };
+    let d = p.cols;
+    for (row, &tok) in dx.chunks_exact(d).zip(tokens) {
+        let t = tok as usize;
+        p.g[t * d..(t + 1) * d]
+            .iter_mut()
+            .zip(row)
+            .for_each(|(g, v)| *g += scale * v);
+    }
+}
+
+/// `x += y`, elementwise.
+pub fn add_into(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+// ------------------------------------------------------------------------------------------
+// RMSNorm
+// ------------------------------------------------------------------------------------------
+
+/// RMSNorm of each `d`-wide row (a token, or one head of a token for QK-norm): returns the
+/// output and `rstd = 1/sqrt(mean(x^2)+eps)` per row.
+pub fn rms_forward(x: &[f32], w: &[f32], eps: f32, d: usize) -> (Vec<f32>, Vec<f32>) {
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(d))
+        .for_each(|(o, xr)| rms_norm(xr, w, eps, o));
+    let rstd = x
+        .par_chunks(d)
+        .map(|xr| 1.0 / (dot(xr, xr) / d as f32 + eps).sqrt())
+        .collect();
+    (out, rstd)
+}
+
+/// RMSNorm backward: adds `dL/dx` into `dx`, and `dL/dw` into the norm's gradient when
+/// trainable. `dx_i = r w_i dy_i - r^3/d x_i sum_j(dy_j w_j x_j)`.
+pub fn rms_backward(
+    x: &[f32],
+    norm: &mut Norm,
+    rstd: &[f32],
+    dy: &[f32],
+    d: usize,
+    dx: &mut [f32],
+) {
+    let w = norm.w();
+    dx.par_chunks_mut(d)
+        .zip(x.par_chunks(d).zip(dy.par_chunks(d)))
+        .zip(rstd.par_iter())
+        .for_each(|((o, (xr, dyr)), &r)| {
+            let s: f32 = (0..d).map(|j| dyr[j] * w[j] * xr[j]).sum();
+            let c = r * r * r * s / d as f32;
+            for j in 0..d {
+                o[j] += r * w[j] * dyr[j] - c * xr[j];
+            }
+        });
+    if let Norm::Train(p) = norm {
+        // Sequential over rows: deterministic sums.
+        for ((xr, dyr), &r) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(rstd) {
+            for j in 0..d {
+                p.g[j] += dyr[j] * xr[j] * r;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// RoPE
+// ------------------------------------------------------------------------------------------
+
+/// Each token's position within its own sequence.
+pub fn positions(seqs: &[(usize, usize)], n: usize) -> Vec<usize> {
+    let mut pos = vec![0usize; n];
+    for &(start, len) in seqs {
+        for (i, p) in pos[start..start + len].iter_mut().enumerate() {
+            *p = i;
+        }
+    }
+    pos
+}
+
+/// RoPE tables for positions `0..max_len`, in one layout: ggml's "normal" (adjacent pairs,
+/// GGUF LLaMA) or "neox" (rotate-half, Gemma).
+pub struct Rope {
+    cos: Vec<f32>, // [max_len, rope_dim/2]
+    sin: Vec<f32>,
+    neg_sin: Vec<f32>,
+    rope_dim: usize,
+    neox: bool,
+}
+
+impl Rope {
+    pub fn new(max_len: usize, rope_dim: usize, base: f32, neox: bool) -> Rope {
+        let half = rope_dim / 2;
+        let (mut cos, mut sin) = (vec![0f32; max_len * half], vec![0f32; max_len * half]);
+        for p in 0..max_len {
+            let s = p * half..(p + 1) * half;
+            rope_angles(p, rope_dim, base, &mut cos[s.clone()], &mut sin[s]);
+        }
+        let neg_sin = sin.iter().map(|s| -s).collect();
+        Rope {
+            cos,
+            sin,
+            neg_sin,
+            rope_dim,
+            neox,
+        }
+    }
+
+    /// Rotate the first `rope_dim` values of every `hd`-wide head of each `width`-wide row by
+    /// its token's position. `inverse` rotates back: the backward (the rotation is
+    /// orthogonal, so its transpose is the rotation by `-angle`).
+    pub fn apply(&self, m: &mut [f32], width: usize, hd: usize, pos: &[usize], inverse: bool) {
+        let half = self.rope_dim / 2;
+        let sin = if inverse { &self.neg_sin } else { &self.sin };
+        m.par_chunks_mut(width).enumerate().for_each(|(i, row)| {
+            let t = pos[i] * half..(pos[i] + 1) * half;
+            let (c, s) = (&self.cos[t.clone()], &sin[t]);
+            for head in row.chunks_exact_mut(hd) {
+                let h = &mut head[..self.rope_dim];
+                if self.neox {
+                    rope_neox(h, c, s);
+                } else {
+                    rope_normal(h, c, s);
+                }
+            }
+        })
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Attention
+// ------------------------------------------------------------------------------------------
+
+/// Keys a query at position `i` sees: `lo..=i` (the last `window` positions, or all).
+fn first_key(i: usize, a: &AttnShape) -> usize {
+    match a.window {
+        Some(w) => (i + 1).saturating_sub(w),
+        None => 0,
+    }
+}
+
+/// `scale * Q K^T` for one (sequence, head), `[L, L]`.
+fn scores(qh: &[f32], kh: &[f32], len: usize, a: &AttnShape) -> Vec<f32> {
+    let (qd, kvd, hd) = (
+        a.n_heads * a.head_dim,
+        a.n_kv_heads * a.head_dim,
+        a.head_dim,
+    );
+    let mut p = vec![0f32; len * len];
+    gemm::sgemm(
+        len,
+        hd,
+        len,
+        a.scale,
+        qh,
+        (qd, 1),
+        kh,
+        (1, kvd),
+        0.0,
+        &mut p,
+        (len, 1),
+    );
+    p
+}
+
+/// Causal GQA attention over packed sequences (`q [n, qd]`, `k`/`v [n, kvd]`, after RoPE).
+/// Returns the probabilities per (sequence, head) (`[L, L]`, zero outside each row's window)
+/// and the output `[n, qd]`.
+pub fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    seqs: &[(usize, usize)],
+    a: AttnShape,
+    n: usize,
+) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let (hd, qd, kvd) = (
+        a.head_dim,
+        a.n_heads * a.head_dim,
+        a.n_kv_heads * a.head_dim,
+    );
+    let group = a.n_heads / a.n_kv_heads;
+    let tasks: Vec<(usize, usize)> = (0..seqs.len())
+        .flat_map(|s| (0..a.n_heads).map(move |h| (s, h)))
+        .collect();
+    let res: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(s, h)| {
+            let (start, len) = seqs[s];
+            let g = h / group;
+            let vh = &v[start * kvd + g * hd..];
+            let mut p = scores(
+                &q[start * qd + h * hd..],
+                &k[start * kvd + g * hd..],
+                len,
+                &a,
+            );
+            for (i, row) in p.chunks_exact_mut(len).enumerate() {
+                let lo = first_key(i, &a);
+                if let Some(cap) = a.softcap {
+                    row[lo..=i]
+                        .iter_mut()
+                        .for_each(|z| *z = cap * (*z / cap).tanh());
+                }
+                softmax(&mut row[lo..=i]);
+                row[..lo].fill(0.0);
+                row[i + 1..].fill(0.0);
+            }
+            let mut o = vec![0f32; len * hd]; // [L, hd]
+            gemm::sgemm(
+                len,
+                len,
+                hd,
+                1.0,
+                &p,
+                (len, 1),
+                vh,
+                (kvd, 1),
+                0.0,
+                &mut o,
+                (hd, 1),
+            );
+            (p, o)
+        })
+        .collect();
+    let mut out = vec![0f32; n * qd];
+    let mut probs = Vec::with_capacity(res.len());
+    for (&(s, h), (p, o)) in tasks.iter().zip(res) {
+        let start = seqs[s].0;
+        for (i, row) in o.chunks_exact(hd).enumerate() {
+            let at = (start + i) * qd + h * hd;
+            out[at..at + hd].copy_from_slice(row);
+        }
+        probs.push(p);
+    }
+    (probs, out)
+}
+
+/// Backward of [`attention_forward`]: `(dq [n, qd], dk [n, kvd], dv [n, kvd])`, gradients
+/// with respect to the post-RoPE `q` and `k`. One task per (sequence, kv head), so the
+/// grouped heads' contributions to `dk`/`dv` add up without races. With a soft-cap the
+/// scores are recomputed (not saved) for the cap's derivative.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[Vec<f32>],
+    datt: &[f32],
+    seqs: &[(usize, usize)],
+    a: AttnShape,
+    n: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (hd, qd, kvd) = (
+        a.head_dim,
+        a.n_heads * a.head_dim,
+        a.n_kv_heads * a.head_dim,
+    );
+    let group = a.n_heads / a.n_kv_heads;
+    let tasks: Vec<(usize, usize)> = (0..seqs.len())
+        .flat_map(|s| (0..a.n_kv_heads).map(move |g| (s, g)))
+        .collect();
+    type Grads = (Vec<Vec<f32>>, Vec<f32>, Vec<f32>);
+    let res: Vec<Grads> = tasks
+        .par_iter()
+        .map(|&(s, g)| {
+            let (start, len) = seqs[s];
+            let kh = &k[start * kvd + g * hd..];
+            let vh = &v[start * kvd + g * hd..];
+            let mut dkh = vec![0f32; len * hd];
+            let mut dvh = vec![0f32; len * hd];
+            let mut dqs = Vec::with_capacity(group);
+            let mut dp = vec![0f32; len * len];
+            for h in g * group..(g + 1) * group {
+                let p = &probs[s * a.n_heads + h]; // [L, L]
+                let doh = &datt[start * qd + h * hd..]; // [L, hd] stride qd
+                let qh = &q[start * qd + h * hd..];
+                // dV += P^T dO
+                gemm::sgemm(
+                    len,
+                    len,
+                    hd,
+                    1.0,
+                    p,
+                    (1, len),
+                    doh,
+                    (qd, 1),
+                    1.0,
+                    &mut dvh,
+                    (hd, 1),
+                );
+                // dP = dO V^T  [L, L]
+                gemm::sgemm(
+                    len,
+                    hd,
+                    len,
+                    1.0,
+                    doh,
+                    (qd, 1),
+                    vh,
+                    (1, kvd),
+                    0.0,
+                    &mut dp,
+                    (len, 1),
+                );
+                // dS = P * (dP - rowsum(P * dP)) [* (1 - tanh^2) under a soft-cap] * scale
+                let raw = a.softcap.map(|_| scores(qh, kh, len, &a));
+                for (i, (dr, pr)) in dp
+                    .chunks_exact_mut(len)
+                    .zip(p.chunks_exact(len))
+                    .enumerate()
+                {
+                    let lo = first_key(i, &a);
+                    let s: f32 = (lo..=i).map(|j| dr[j] * pr[j]).sum();
+                    for j in lo..=i {
+                        dr[j] = pr[j] * (dr[j] - s) * a.scale;
+                    }
+                    if let (Some(cap), Some(raw)) = (a.softcap, &raw) {
+                        for j in lo..=i {
+                            let t = (raw[i * len + j] / cap).tanh();
+                            dr[j] *= 1.0 - t * t;
+                        }
+                    }
+                    dr[..lo].fill(0.0);
+                    dr[i + 1..].fill(0.0);
+                }
+                // dQ = dS K ; dK += dS^T Q
+                let mut dqh = vec![0f32; len * hd];
+                gemm::sgemm(
+                    len,
+                    len,
+                    hd,
+                    1.0,
+                    &dp,
+                    (len, 1),
+                    kh,
+                    (kvd, 1),
+                    0.0,
+                    &mut dqh,
+                    (hd, 1),
+                );
+                gemm::sgemm(
+                    len,
+                    len,
+                    hd,
+                    1.0,
+                    &dp,
+                    (1, len),
+                    qh,
+                    (qd, 1),
+                    1.0,
+                    &mut dkh,
+                    (hd, 1),
+                );
+                dqs.push(dqh);
+            }
+            (dqs, dkh, dvh)
+        })
+        .collect();
+    let mut dq = vec![0f32; n * qd];
+    let mut dk = vec![0f32; n * kvd];
+    let mut dv = vec![0f32; n * kvd];
+    for (&(s, g), (dqs, dkh, dvh)) in tasks.iter().zip(res) {
+        let start = seqs[s].0;
+        for i in 0..seqs[s].1 {
+            let r = start + i;
+            for (j, dqh) in dqs.iter().enumerate() {
+                let h = g * group + j;
+                dq[r * qd + h * hd..r * qd + (h + 1) * hd]
+                    .copy_from_slice(&dqh[i * hd..(i + 1) * hd]);
+            }
+            dk[r * kvd + g * hd..r * kvd + (g + 1) * hd]
+                .copy_from_slice(&dkh[i * hd..(i + 1) * hd]);
+            dv[r * kvd + g * hd..r * kvd + (g + 1) * hd]
+                .copy_from_slice(&dvh[i * hd..(i + 1) * hd]);
+        }
+    }
+    (dq, dk, dv)
+}
+
+// ------------------------------------------------------------------------------------------
+// Gated feed-forward activations
+// ------------------------------------------------------------------------------------------
+
+/// The gate's activation: SwiGLU (LLaMA) or GeGLU with the tanh GELU (Gemma).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Glu {
+    Swi,
+    Ge,
+}
+
+impl Glu {
+    fn f(self, x: f32) -> f32 {
+        match self {
+            Glu::Swi => silu(x),
+            Glu::Ge => gelu_tanh(x),
+        }
+    }
+
+    /// The activation's derivative.
+    fn df(self, x: f32) -> f32 {
+        match self {
+            Glu::Swi => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                s * (1.0 + x * (1.0 - s))
+            }
+            Glu::Ge => {
+                const C: f32 = 0.797_884_6; // sqrt(2/pi)
+                let t = (C * (x + 0.044715 * x * x * x)).tanh();
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * C * (1.0 + 3.0 * 0.044715 * x * x)
+            }
+        }
+    }
+
+    /// `act(g) * up`.
+    pub fn forward(self, g: &[f32], up: &[f32]) -> Vec<f32> {
+        g.par_iter().zip(up).map(|(g, u)| self.f(*g) * u).collect()
+    }
+
+    /// `(dg, dup)` from `dact`.
+    pub fn backward(self, g: &[f32], up: &[f32], dact: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let mut dg = vec![0f32; g.len()];
+        let mut dup = vec![0f32; g.len()];
+        dg.par_iter_mut()
+            .zip(dup.par_iter_mut())
+            .enumerate()
+            .for_each(|(i, (dgi, dui))| {
+                *dui = dact[i] * self.f(g[i]);
+                *dgi = dact[i] * up[i] * self.df(g[i]);
+            });
+        (dg, dup)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Output head and cross-entropy
+// ------------------------------------------------------------------------------------------
+
+/// Cross-entropy of the head (`[V, d]`, optionally followed by the final logit soft-cap
+/// `cap * tanh(z / cap)`) at target rows only: logits are never built for masked positions.
+/// Returns the summed loss and, with `backward`, `dhf` (`[n, d]`, zero at non-target rows),
+/// accumulating the head's gradient when it is trainable.
+pub fn head_loss(
+    head: &mut Weight,
+    hf: &[f32],
+    targets: &[(usize, u32)],
+    loss_scale: f32,
+    softcap: Option<f32>,
+    backward: bool,
+) -> (f64, Vec<f32>) {
+    let (vocab, d) = (head.rows(), head.cols());
+    let n = hf.len() / d;
+    let mut dhf = if backward {
+        vec![0f32; n * d]
+    } else {
+        Vec::new()
+    };
+    // A frozen (possibly quantized) head is dequantized a slice of the vocabulary at a
+    // time, so it never exists whole in f32; a trainable head is used in place.
+    let mut grad = match head {
+        Weight::Train(p) => Some(std::mem::take(&mut p.g)),
+        Weight::Frozen(_) => None,
+    };
+    let w: &Weight = head;
+    const CHUNK: usize = 256;
+    const VCH: usize = 8192;
+    let vchunks: Vec<(usize, usize)> = (0..vocab)
+        .step_by(VCH)
+        .map(|v0| (v0, (v0 + VCH).min(vocab)))
+        .collect();
+    let mut loss = 0f64;
+    for tc in targets.chunks(CHUNK) {
+        let m = tc.len();
+        let mut ht = vec![0f32; m * d]; // [m, d]
+        for (row, &(i, _)) in ht.chunks_exact_mut(d).zip(tc) {
+            row.copy_from_slice(&hf[i * d..(i + 1) * d]);
+        }
+        let mut logits = vec![0f32; m * vocab]; // [m, V]
+        for &(v0, v1) in &vchunks {
+            let e = w.rows_f32(v0, v1); // [vc, d]
+            gemm::sgemm(
+                m,
+                d,
+                v1 - v0,
+                1.0,
+                &ht,
+                (d, 1),
+                &e,
+                (1, d),
+                0.0,
+                &mut logits[v0..],
+                (vocab, 1),
+            );
+        }
+        let losses: Vec<f64> = logits
+            .par_chunks_mut(vocab)
+            .zip(tc)
+            .map(|(row, &(_, label))| {
+                if let Some(cap) = softcap {
+                    row.iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
+                }
+                let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let sum: f64 = row.iter().map(|&z| ((z - max) as f64).exp()).sum();
+                let lse = max as f64 + sum.ln();
+                let l = lse - row[label as usize] as f64;
+                if backward {
+                    for (j, z) in row.iter_mut().enumerate() {
+                        let mut g = (((*z as f64) - lse).exp() as f32) * loss_scale;
+                        if j == label as usize {
+                            g -= loss_scale;
+                        }
+                        if let Some(cap) = softcap {
+                            let t = *z / cap;
+                            g *= 1.0 - t * t;
+                        }
+                        *z = g;
+                    }
+                }
+                l
+            })
+            .collect();
+        loss += losses.iter().sum::<f64>();
+        if !backward {
+            continue;
+        }
+        let mut dht = vec![0f32; m * d]; // [m, d] = dlogits . E
+        for &(v0, v1) in &vchunks {
+            let vc = v1 - v0;
+            let e = w.rows_f32(v0, v1);
+            gemm::sgemm(
+                m,
+                vc,
+                d,
+                1.0,
+                &logits[v0..],
+                (vocab, 1),
+                &e,
+                (d, 1),
+                1.0,
+                &mut dht,
+                (d, 1),
+            );
+            if let Some(g) = grad.as_deref_mut() {
+                // dE[v0..v1, d] += dlogits[:, v0..v1]^T ht
+                gemm::sgemm(
+                    vc,
+                    m,
+                    d,
+                    1.0,
+                    &logits[v0..],
+                    (1, vocab),
+                    &ht,
+                    (d, 1),
+                    1.0,
+                    &mut g[v0 * d..],
+                    (d, 1),
+                );
+            }
+        }
+        for (row, &(i, _)) in dht.chunks_exact(d).zip(tc) {
+            dhf[i * d..(i + 1) * d].copy_from_slice(row);
+        }
+    }
+    if let (Some(g), Weight::Train(p)) = (grad, head) {
+        p.g = g;
+    }
+    (loss, dhf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glu_derivatives_match_finite_differences() {
+        for glu in [Glu::Swi, Glu::Ge] {
+            for x in [-3.0f32, -0.7, 0.0, 0.4, 2.5] {
+                let h = 1e-3;
+                let num = (glu.f(x + h) - glu.f(x - h)) / (2.0 * h);
+                assert!((num - glu.df(x)).abs() < 1e-3, "{glu:?} at {x}");
+            }
+        }
+    }
+
+    #[test]
+    fn positions_restart_per_sequence() {
+        assert_eq!(positions(&[(0, 3), (3, 2)], 5), vec![0, 1, 2, 0, 1]);
+    }
+}
