@@ -11,9 +11,8 @@ Alpaca prompts, on the ids our tokenizer produces:
   - base: transformers' logits == `alpaca run -m GGUF --dump-logits` (every position);
   - adapter: peft's logits == `alpaca run -m GGUF --lora RUN_DIR --dump-logits`;
   - the adapter moves the logits (far more than the tolerance).
-Tolerance: max |ours - theirs| / max |theirs| below 2e-2 (our inference runs the Q4_K/Q6_K
-weights with quantized activations, transformers the de-quantized f32 weights; the base
-comparison shows the same gap without the adapter). Exit status 0 only when all pass.
+Tolerance: max |ours - theirs| / max |theirs| below 1e-4 (measured: ~2e-6 base, ~5e-6 with
+the adapter, on the 270M Q4_K_M file). Exit status 0 only when all pass.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ PROMPTS = [
     "List the seven colours of the rainbow.",
     "Explain the term 'network latency' in one sentence.",
 ]
-TOL = 2e-2
+TOL = 1e-4
 failures: list[str] = []
 
 
@@ -100,7 +99,7 @@ def main() -> int:
         tl = theirs(model, ids)
         e, moved = rel(ol, tl), rel(tl, base_logits[i])
         check(e < TOL, f"[lora] prompt {i}: rel err {e:.2e}")
-        check(moved > 5 * TOL, f"[lora] prompt {i}: the adapter moves the logits ({moved:.2e})")
+        check(moved > 100 * TOL, f"[lora] prompt {i}: the adapter moves the logits ({moved:.2e})")
     if failures:
         print(f"{len(failures)} check(s) FAILED", flush=True)
         return 1

@@ -12,6 +12,8 @@ Steps (all outputs under --work, default /tmp/alpaca-hf-check):
      (max |ours - theirs| / max |theirs| over every prompt position). Also: 9 tokenizer
      stress texts give the same ids as our GGUF tokenizer, and greedy 32-token generation
      is the same on the HF dir, on the source GGUF, and in transformers (argmax loop).
+     The reverse too: transformers' own save_pretrained() directories (sharded F32, BF16)
+     load in ours with matching logits.
   2. `alpaca export --quant Q` (f16, q8_0, q4_k) -> model.Q.gguf; transformers loads each
      with `from_pretrained(dir, gguf_file=...)` (dequantizing to f32); tokenizer ids and
      logits vs ours on the same file.
@@ -191,6 +193,21 @@ def main() -> None:
             ids, ours = our_logits(args, args.model, p, work, f"src{i}")
             err = rel_err(ours, hf_logits(model, ids))
             log(f"  info  source GGUF (quantized kernels) vs transformers: rel err {err:.2e}")
+        # The reverse: directories written by transformers itself (sharded F32; BF16) load
+        # in ours and give transformers' logits.
+        for dtype, shard in ((torch.float32, "100MB"), (torch.bfloat16, "2GB")):
+            name = str(dtype).split(".")[-1]
+            saved = work / f"hf-saved-{name}"
+            # A fresh copy: converting `model` in place would round its weights.
+            AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).save_pretrained(
+                saved, max_shard_size=shard)
+            tok.save_pretrained(saved)
+            files = sorted(f.name for f in saved.iterdir())
+            log(f"  transformers wrote {saved}: {', '.join(files)}")
+            smodel = AutoModelForCausalLM.from_pretrained(saved, dtype=torch.float32).eval()
+            compare_model(args, smodel, saved, work, f"saved-{name}",
+                          tokenizer=AutoTokenizer.from_pretrained(saved))
+            del smodel
         # The chat template survives: transformers renders what our template renders.
         msgs = [{"role": "user", "content": "Hi"}]
         rendered = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)

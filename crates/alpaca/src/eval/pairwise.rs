@@ -40,7 +40,22 @@ pub struct Judgment {
     pub id: String,
     pub order: Order,
     pub judge: String,
+    /// FNV-1a of the two responses as shown (see [`responses_key`]): a resumed comparison
+    /// refuses judgments of responses that have changed since.
+    pub responses: String,
     pub verdict: Verdict,
+}
+
+/// The key of two responses in the order shown: FNV-1a 64 of `first \0 second` (trimmed),
+/// in hex.
+pub fn responses_key(first: &str, second: &str) -> String {
+    let h = [first.trim(), "\0", second.trim()]
+        .iter()
+        .flat_map(|s| s.bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{h:016x}")
 }
 
 /// The combined result for one instruction.
@@ -258,7 +273,7 @@ pub fn compare(
     let name = judge.describe();
     let reopened = JsonlLog::<Judgment>::open(judgments_path, cfg.overwrite)?;
     let mut log = reopened.log;
-    let mut have: HashMap<(String, Order), Judgment> = HashMap::new();
+    let mut have: HashMap<(String, Order), (usize, Judgment)> = HashMap::new();
     for (line, j) in reopened.records {
         if j.judge != name {
             return Err(Error::Data {
@@ -270,7 +285,7 @@ pub fn compare(
                 ),
             });
         }
-        have.insert((j.id.clone(), j.order), j);
+        have.insert((j.id.clone(), j.order), (line, j));
     }
     let total = pairs.len() * 2;
     let mut done = pairs
@@ -282,17 +297,28 @@ pub fn compare(
     let mut out = Vec::with_capacity(total);
     for (pa, pb) in &pairs {
         for order in [Order::Ab, Order::Ba] {
-            if let Some(j) = have.remove(&(pa.id.clone(), order)) {
+            let (first, second) = match order {
+                Order::Ab => (pa, pb),
+                Order::Ba => (pb, pa),
+            };
+            let key = responses_key(&first.response, &second.response);
+            if let Some((line, j)) = have.remove(&(pa.id.clone(), order)) {
+                if j.responses != key {
+                    return Err(Error::Data {
+                        path: judgments_path.to_path_buf(),
+                        line,
+                        reason: format!(
+                            "judged other responses for `{}` (a prediction file changed); use another output directory or --overwrite",
+                            pa.id
+                        ),
+                    });
+                }
                 out.push(j);
                 continue;
             }
             if stopped {
                 continue;
             }
-            let (first, second) = match order {
-                Order::Ab => (pa, pb),
-                Order::Ba => (pb, pa),
-            };
             let verdict = if pa.response.trim() == pb.response.trim() {
                 Verdict {
                     preference: Preference::Tie,
@@ -311,6 +337,7 @@ pub fn compare(
                 id: pa.id.clone(),
                 order,
                 judge: name.clone(),
+                responses: key,
                 verdict,
             };
             log.append(&j)?;
@@ -491,6 +518,7 @@ mod tests {
                     id: id.to_string(),
                     order,
                     judge: "j".into(),
+                    responses: String::new(),
                     verdict: v(d),
                 })
             })
@@ -543,6 +571,17 @@ mod tests {
         })
         .expect_err("other judge");
         assert!(e.to_string().contains("judged by"), "{e}");
+        // Changed responses are not silently reused.
+        let mut b2 = b.clone();
+        b2[0].response.push('!');
+        let e = compare(&a, &b2, &always_a, &path, &cfg(), &mut |_, _| {
+            ControlFlow::Continue(())
+        })
+        .expect_err("changed");
+        assert!(
+            e.to_string().contains(":1: judged other responses for `0`"),
+            "{e}"
+        );
         let _ = std::fs::remove_file(path);
     }
 }

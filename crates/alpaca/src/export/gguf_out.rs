@@ -59,7 +59,7 @@ pub fn file_type(ty: GgmlType) -> u32 {
 /// The type a row of `n` weights can take when `ty` was asked for (llama.cpp's fallbacks
 /// for incompatible tensors).
 pub fn fallback_type(ty: GgmlType, n: usize) -> GgmlType {
-    if n % ty.block_size() == 0 {
+    if n.is_multiple_of(ty.block_size()) {
         return ty;
     }
     let alt = match ty {
@@ -68,7 +68,7 @@ pub fn fallback_type(ty: GgmlType, n: usize) -> GgmlType {
         GgmlType::Q6K => GgmlType::Q8_0,
         _ => GgmlType::F16,
     };
-    if n % alt.block_size() == 0 {
+    if n.is_multiple_of(alt.block_size()) {
         alt
     } else {
         GgmlType::F16

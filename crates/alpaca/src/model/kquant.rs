@@ -20,7 +20,7 @@ const GROUP_MAX_EPS: f32 = 1e-15;
 /// [`fallback_type`](crate::export::fallback_type)).
 pub fn quantize_row(ty: GgmlType, x: &[f32]) -> Option<Vec<u8>> {
     let bs = ty.block_size();
-    if x.len() % bs != 0 {
+    if !x.len().is_multiple_of(bs) {
         return None;
     }
     let mut out = Vec::with_capacity(ty.row_bytes(x.len()));

@@ -298,10 +298,13 @@ pub fn data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("ALPACA_DATA").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
-    crate::assets::models_dir()
-        .parent()
-        .map(|p| p.join("data"))
-        .unwrap_or_else(|| PathBuf::from("data"))
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"))
+        .join("alpaca")
+        .join("data")
 }
 
 /// Expand `~/`, `{models}` and `{data}` in a configured path.

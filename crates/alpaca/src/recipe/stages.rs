@@ -514,8 +514,10 @@ fn stage_train(ctx: &mut Ctx) -> Result<()> {
         let metrics = crate::train::metrics::read_metrics(&dir.join("metrics.jsonl"))?;
         let mean =
             |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
-        let head = mean(metrics.iter().take(10).map(|m| m.loss).collect());
-        let tail = mean(metrics.iter().rev().take(10).map(|m| m.loss).collect());
+        // Means of the first and last 10 steps (of the halves, on shorter runs).
+        let k = (metrics.len() / 2).clamp(1, 10);
+        let head = mean(metrics.iter().take(k).map(|m| m.loss).collect());
+        let tail = mean(metrics.iter().rev().take(k).map(|m| m.loss).collect());
         let mut tps: Vec<f64> = metrics.iter().map(|m| m.tokens_per_s).collect();
         tps.sort_by(f64::total_cmp);
         Ok(json!({
