@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One command from a fresh clone to a tuned model that chats: install what the build needs,
 # fetch the default model (SmolLM2-135M-Instruct) and the Alpaca-format top-up data, build the
-# release binary, and run the quickstart recipe (configs/quickstart.toml; about 12 to 20
-# minutes on 2 cores). Rerunning it resumes where it stopped; finished stages are skipped.
+# release binary, and run the quickstart recipe (configs/quickstart.toml; 7 minutes on 2 cores from
+# a fresh clone). Rerunning it resumes where it stopped; finished stages are skipped.
 #
 #   scripts/setup.sh [CONFIG.toml]
 set -euo pipefail

@@ -216,7 +216,13 @@ impl Gguf {
         // SAFETY: the map is read-only; a file truncated by another process under us is the
         // one hazard of every memory-mapped reader (llama.cpp and safetensors share it).
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
-        let header = parse(&mmap).map_err(|reason| Error::Gguf {
+        let len = mmap.len();
+        Self::from_map(path, mmap, len)
+    }
+
+    /// Parse the first `len` bytes of a map into a `Gguf` that keeps the map alive.
+    fn from_map(path: PathBuf, mmap: memmap2::Mmap, len: usize) -> Result<Gguf> {
+        let header = parse(&mmap[..len]).map_err(|reason| Error::Gguf {
             path: path.clone(),
             reason,
         })?;
@@ -239,18 +245,7 @@ impl Gguf {
             memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| Error::io(&path, e))?;
         anon[..bytes.len()].copy_from_slice(bytes);
         let mmap = anon.make_read_only().map_err(|e| Error::io(&path, e))?;
-        let header = parse(&mmap[..bytes.len()]).map_err(|reason| Error::Gguf {
-            path: path.clone(),
-            reason,
-        })?;
-        Ok(Gguf {
-            path,
-            version: header.version,
-            metadata: header.metadata,
-            tensors: header.tensors,
-            alignment: header.alignment,
-            mmap: Arc::new(mmap),
-        })
+        Self::from_map(path, mmap, bytes.len())
     }
 
     /// Parse a GGUF held in memory (tests, fuzzing). Returns the reason on failure.
