@@ -2,57 +2,17 @@
 //! validation loss, predictions that resume after `kill -9`, the judge and bootstrap on a
 //! case with a known answer, ROUGE-L, and clear errors on bad input.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use alpaca::model::fresh::{random_llama_gguf, tiny_llama_config};
 use alpaca::model::quant::GgmlType;
-use alpaca::tokenizer::tiny_test_vocab;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_alpaca"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("alpaca-eval-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
+use common::{bin, fails, ok, temp_dir, tiny_data, train_cmd, WORDS};
 
 fn tiny_model(dir: &Path) -> PathBuf {
-    let tok = tiny_test_vocab();
-    let path = dir.join("tiny.gguf");
-    random_llama_gguf(&tiny_llama_config(tok.tokens.len()), &tok, GgmlType::F32, 1)
-        .expect("model")
-        .write(&path)
-        .expect("write");
-    path
-}
-
-const WORDS: [&str; 6] = [
-    "the cat",
-    "a hat",
-    "in the sun",
-    "on the mat",
-    "is big",
-    "the end",
-];
-
-fn tiny_data(dir: &Path) -> PathBuf {
-    let rows: Vec<serde_json::Value> = (0..24)
-        .map(|i| {
-            serde_json::json!({
-                "instruction": format!("Say {}", WORDS[i % 6]),
-                "input": if i % 3 == 0 { WORDS[(i + 1) % 6] } else { "" },
-                "output": format!("{} {}", WORDS[(i + 2) % 6], WORDS[(i + 3) % 6]),
-            })
-        })
-        .collect();
-    let path = dir.join("data.json");
-    std::fs::write(&path, serde_json::to_string(&rows).expect("json")).expect("write");
-    path
+    common::tiny_model(dir, GgmlType::F32)
 }
 
 /// Self-Instruct format, like user_oriented_instructions.jsonl.
@@ -74,18 +34,6 @@ fn tiny_instructions(dir: &Path, n: usize) -> PathBuf {
     path
 }
 
-fn ok(out: &Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{err}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails(out: &Output, want: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(want), "expected `{want}` in: {err}");
-}
-
 fn json_f64(path: &Path, key: &str) -> f64 {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
@@ -98,13 +46,7 @@ fn held_out_loss_equals_the_training_validation_loss() {
     let model = tiny_model(&dir);
     let data = tiny_data(&dir);
     let run = dir.join("run");
-    ok(&bin()
-        .args(["train", "-m"])
-        .arg(&model)
-        .arg("--data")
-        .arg(&data)
-        .arg("-o")
-        .arg(&run)
+    ok(&train_cmd(&model, &data, &run)
         .args([
             "--max-steps",
             "6",

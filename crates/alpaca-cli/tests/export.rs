@@ -3,38 +3,29 @@
 //! output is never touched without `--force`, and Python's `gguf` package (gguf-py) reads
 //! every file we write without a warning.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use alpaca::export::peft::write_adapter_dir;
 use alpaca::model::fresh::random_llama_gguf;
 use alpaca::model::gguf::Gguf;
 use alpaca::model::llama::LlamaConfig;
 use alpaca::model::quant::GgmlType;
 use alpaca::rng::Rng;
 use alpaca::tokenizer::tiny_test_vocab;
-use alpaca::train::checkpoint::{write_safetensors, TensorRef};
+use common::{fails, ok, temp_dir};
 
+/// The binary, kept off any models installed on this machine.
 fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_alpaca"));
+    let mut c = common::bin();
     c.env("ALPACA_MODELS", "/nonexistent/alpaca-test-models");
     c
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("alpaca-export-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("create temp dir");
-    d
-}
-
 fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().expect("run alpaca")
-}
-
-fn ok(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "failed: {err}");
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// A tiny LLaMA whose rows (256 and 512) fit the 256-weight K-quant super-blocks, so every
@@ -64,7 +55,6 @@ fn tiny_model(dir: &Path) -> PathBuf {
 
 /// A PEFT adapter (HF row order) with random A and B on q, k, v and down_proj.
 fn random_adapter(dir: &Path, c: &LlamaConfig) {
-    std::fs::create_dir_all(dir).expect("adapter dir");
     let r = 4;
     let mut rng = Rng::new(5);
     let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
@@ -83,23 +73,24 @@ fn random_adapter(dir: &Path, c: &LlamaConfig) {
             owned.push((format!("{key}.lora_B.weight"), vec![rows, r], rnd(rows * r)));
         }
     }
-    let refs: Vec<TensorRef> = owned
-        .iter()
-        .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
-        .collect();
-    write_safetensors(
-        &dir.join("adapter_model.safetensors"),
-        &refs,
-        &Default::default(),
-    )
-    .expect("adapter");
     let cfg = serde_json::json!({"peft_type": "LORA", "r": r, "lora_alpha": 8,
         "base_model_name_or_path": "tiny", "target_modules": ["q_proj", "k_proj", "v_proj", "down_proj"]});
-    std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).expect("config");
+    write_adapter_dir(dir, &owned, &cfg).expect("adapter");
 }
 
 fn export(args: &[&str]) -> Output {
     run(bin().arg("export").args(["-q", "-t", "2"]).args(args))
+}
+
+/// `alpaca export -m BASE -o OUT --quant QUANT EXTRA...`.
+fn export_to(base: &Path, out: &Path, quant: &str, extra: &[&str]) -> Output {
+    export(
+        &[
+            &["-m", path(base), "-o", path(out), "--quant", quant][..],
+            extra,
+        ]
+        .concat(),
+    )
 }
 
 fn greedy(model: &Path, lora: Option<&Path>) -> String {
@@ -124,13 +115,12 @@ fn greedy(model: &Path, lora: Option<&Path>) -> String {
 
 #[test]
 fn every_type_loads_back_and_generates() {
-    let d = tmpdir("types");
+    let d = temp_dir("types");
     let base = tiny_model(&d);
     let reference = greedy(&base, None);
     for q in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k"] {
         let out = d.join(format!("out-{q}.gguf"));
-        let o = export(&["-m", path(&base), "-o", path(&out), "--quant", q]);
-        ok(&o);
+        ok(&export_to(&base, &out, q, &[]));
         let ty = GgmlType::parse(q).expect("type");
         let g = Gguf::open(&out).expect("reads back");
         assert_eq!(g.version, 3);
@@ -168,16 +158,12 @@ fn every_type_loads_back_and_generates() {
     }
     // --keep-embeddings keeps the embeddings in a higher precision.
     let out = d.join("out-q4_k-embd.gguf");
-    ok(&export(&[
-        "-m",
-        path(&base),
-        "-o",
-        path(&out),
-        "--quant",
+    ok(&export_to(
+        &base,
+        &out,
         "q4_k",
-        "--keep-embeddings",
-        "f16",
-    ]));
+        &["--keep-embeddings", "f16"],
+    ));
     let g = Gguf::open(&out).expect("reads back");
     assert_eq!(
         g.tensor("token_embd.weight").map(|t| t.ty),
@@ -215,21 +201,12 @@ fn path(p: &Path) -> &str {
 
 #[test]
 fn merged_lora_answers_like_the_adapter_at_inference() {
-    let d = tmpdir("lora");
+    let d = temp_dir("lora");
     let base = tiny_model(&d);
     let adapter = d.join("adapter");
     random_adapter(&adapter, &config());
     let out = d.join("merged.gguf");
-    let o = export(&[
-        "-m",
-        path(&base),
-        "--lora",
-        path(&adapter),
-        "-o",
-        path(&out),
-        "--quant",
-        "f32",
-    ]);
+    let o = export_to(&base, &out, "f32", &["--lora", path(&adapter)]);
     ok(&o);
     assert!(String::from_utf8_lossy(&o.stderr).contains("merged the LoRA adapter into 8"));
     // Perplexity (every logit of 2 windows) of the merged file equals the base with the
@@ -277,33 +254,20 @@ fn merged_lora_answers_like_the_adapter_at_inference() {
 
 #[test]
 fn existing_output_needs_force_and_is_replaced_atomically() {
-    let d = tmpdir("force");
+    let d = temp_dir("force");
     let base = tiny_model(&d);
     let out = d.join("out.gguf");
     std::fs::write(&out, b"precious bytes").expect("write");
-    let o = export(&["-m", path(&base), "-o", path(&out), "--quant", "q8_0"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("--force") && err.contains("already exists"),
-        "{err}"
-    );
+    let err = fails(&export_to(&base, &out, "q8_0", &[]), "already exists");
+    assert!(err.contains("--force"), "{err}");
     assert_eq!(std::fs::read(&out).expect("read"), b"precious bytes");
 
     // A bad type is refused by the parser before anything happens.
-    let o = export(&["-m", path(&base), "-o", path(&out), "--quant", "q3_k"]);
+    let o = export_to(&base, &out, "q3_k", &[]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(std::fs::read(&out).expect("read"), b"precious bytes");
 
-    ok(&export(&[
-        "-m",
-        path(&base),
-        "-o",
-        path(&out),
-        "--quant",
-        "q8_0",
-        "--force",
-    ]));
+    ok(&export_to(&base, &out, "q8_0", &["--force"]));
     assert!(Gguf::open(&out).is_ok());
     let names: Vec<String> = std::fs::read_dir(&d)
         .expect("list")
@@ -330,36 +294,23 @@ fn gguf_py_reads_every_export_without_warnings() {
         eprintln!("NOTICE: python3 with the `gguf` package not found; skipping the gguf-py check");
         return;
     }
-    let d = tmpdir("ggufpy");
+    let d = temp_dir("ggufpy");
     let base = tiny_model(&d);
     let adapter = d.join("adapter");
     random_adapter(&adapter, &config());
     let mut files = vec![base.clone()];
     for q in ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q6_k"] {
         let out = d.join(format!("out-{q}.gguf"));
-        ok(&export(&[
-            "-m",
-            path(&base),
-            "-o",
-            path(&out),
-            "--quant",
-            q,
-        ]));
+        ok(&export_to(&base, &out, q, &[]));
         files.push(out);
     }
     let merged = d.join("merged-q4_k.gguf");
-    ok(&export(&[
-        "-m",
-        path(&base),
-        "--lora",
-        path(&adapter),
-        "-o",
-        path(&merged),
-        "--quant",
+    ok(&export_to(
+        &base,
+        &merged,
         "q4_k",
-        "--keep-embeddings",
-        "q6_k",
-    ]));
+        &["--lora", path(&adapter), "--keep-embeddings", "q6_k"],
+    ));
     files.push(merged);
     let script = r#"
 import logging, sys, warnings

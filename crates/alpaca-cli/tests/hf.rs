@@ -3,28 +3,19 @@
 //! PEFT_DIR` applies the same adapter on either, `--dump-logits` writes what it says, and
 //! broken directories fail with one clear error (exit code 1).
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use alpaca::export::hf::write_hf_dir_as;
-use alpaca::export::peft::write_peft_dir_for;
+use alpaca::export::peft::{write_adapter_dir, write_peft_dir_for};
 use alpaca::model::fresh::{random_llama_gguf, tiny_llama_config};
 use alpaca::model::gguf::Gguf;
 use alpaca::model::quant::GgmlType;
 use alpaca::tokenizer::tiny_test_vocab;
-use alpaca::train::checkpoint::{write_safetensors, StDtype, TensorRef};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_alpaca"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("alpaca-hf-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
+use alpaca::train::checkpoint::StDtype;
+use common::{bin, fails, ok, temp_dir, train_cmd, write_rows};
 
 /// A tiny GGUF model of weight type `ty` and its HF export (weights as `dtype`).
 fn tiny_pair(dir: &Path, ty: GgmlType, dtype: StDtype) -> (PathBuf, PathBuf) {
@@ -69,12 +60,7 @@ fn run(model: &Path, extra: &[&str]) -> Output {
 }
 
 fn ids(out: &Output) -> Vec<u32> {
-    assert!(
-        out.status.success(),
-        "alpaca failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("ids json")
+    serde_json::from_str(&ok(out)).expect("ids json")
 }
 
 #[test]
@@ -151,20 +137,9 @@ fn peft_adapter(dir: &Path) -> PathBuf {
         }
     }
     let src = dir.join("adapter-src");
-    std::fs::create_dir_all(&src).expect("mkdir");
-    let refs: Vec<TensorRef> = owned
-        .iter()
-        .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
-        .collect();
-    write_safetensors(
-        &src.join("adapter_model.safetensors"),
-        &refs,
-        &BTreeMap::new(),
-    )
-    .expect("write");
     let cfg = serde_json::json!({"peft_type": "LORA", "r": r, "lora_alpha": 8,
                                  "target_modules": ["v_proj", "q_proj"]});
-    std::fs::write(src.join("adapter_config.json"), cfg.to_string()).expect("write");
+    write_adapter_dir(&src, &owned, &cfg).expect("write");
     src
 }
 
@@ -217,13 +192,7 @@ fn broken_hf_dirs_fail_with_one_clear_error() {
             std::fs::copy(&f, d.join(f.file_name().expect("name"))).expect("copy");
         }
         edit(&d);
-        let out = run(&d, &[]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
-        assert!(
-            err.contains(needle),
-            "{name}: expected `{needle}` in: {err}"
-        );
+        let err = fails(&run(&d, &[]), needle);
         assert!(!err.contains("panicked"), "{name}: {err}");
     };
     case(
@@ -276,16 +245,9 @@ fn train_on_an_hf_dir_and_apply_its_peft_export() {
                                "output": "on the mat in the sun"})
         })
         .collect();
-    let data = dir.join("data.json");
-    std::fs::write(&data, serde_json::to_string(&rows).expect("json")).expect("write");
+    let data = write_rows(&dir, "data.json", &rows);
     let run_dir = dir.join("run");
-    let out = bin()
-        .args(["train", "-m"])
-        .arg(&hf)
-        .arg("--data")
-        .arg(&data)
-        .arg("-o")
-        .arg(&run_dir)
+    let out = train_cmd(&hf, &data, &run_dir)
         .args([
             "--max-steps",
             "4",
@@ -305,11 +267,7 @@ fn train_on_an_hf_dir_and_apply_its_peft_export() {
         .args(["-t", "1", "-q"])
         .output()
         .expect("train");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let peft = dir.join("peft");
     let base = alpaca::model::hf::open_model(&hf).expect("open hf dir");
     let s = write_peft_dir_for(&run_dir, &base, &peft, false).expect("peft export");
@@ -322,12 +280,7 @@ fn train_on_an_hf_dir_and_apply_its_peft_export() {
         let path = dir.join("l.json");
         let mut args = vec!["-n", "0", "--dump-logits", path.to_str().expect("utf-8")];
         args.extend_from_slice(extra);
-        let out = run(&hf, &args);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        ok(&run(&hf, &args));
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).expect("dump")).expect("json");
         let rows: Vec<Vec<f64>> = serde_json::from_value(v["logits"].clone()).expect("rows");

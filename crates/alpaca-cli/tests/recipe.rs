@@ -2,62 +2,31 @@
 //! runs, a rerun skips them all, a crash during generation and then during training resumes
 //! to byte-identical artifacts, and the pre-flight errors come before any work.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use alpaca::model::fresh::{random_llama_gguf, tiny_llama_config};
 use alpaca::model::quant::GgmlType;
-use alpaca::tokenizer::tiny_test_vocab;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_alpaca"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("alpaca-recipe-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
+use common::{bin, temp_dir, write_rows, WORDS};
 
 fn tiny_model(dir: &Path) -> PathBuf {
-    let tok = tiny_test_vocab();
-    let path = dir.join("tiny.gguf");
-    random_llama_gguf(
-        &tiny_llama_config(tok.tokens.len()),
-        &tok,
-        GgmlType::Q8_0,
-        1,
-    )
-    .expect("model")
-    .write(&path)
-    .expect("write");
-    path
+    common::tiny_model(dir, GgmlType::Q8_0)
 }
 
 /// A small Alpaca file to mix in.
 fn extra_data(dir: &Path) -> PathBuf {
-    let words = [
-        "the cat",
-        "a hat",
-        "in the sun",
-        "on the mat",
-        "is big",
-        "the end",
-    ];
     let rows: Vec<serde_json::Value> = (0..30)
         .map(|i| {
             serde_json::json!({
-                "instruction": format!("Say {} number {i} twice", words[i % 6]),
+                "instruction": format!("Say {} number {i} twice", WORDS[i % 6]),
                 "input": "",
-                "output": format!("{} {}", words[(i + 2) % 6], words[(i + 3) % 6]),
+                "output": format!("{} {}", WORDS[(i + 2) % 6], WORDS[(i + 3) % 6]),
             })
         })
         .collect();
-    let path = dir.join("extra.json");
-    std::fs::write(&path, serde_json::to_string(&rows).expect("json")).expect("write");
-    path
+    write_rows(dir, "extra.json", &rows)
 }
 
 /// A recipe on the tiny model; `extra` is appended (later keys of a section win in TOML only

@@ -1,60 +1,16 @@
 //! `alpaca train` end to end on a tiny random model: exact resume after `kill -9`, outputs,
 //! `alpaca run --lora`, and the bad-input errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use alpaca::model::fresh::{random_llama_gguf, tiny_llama_config};
 use alpaca::model::quant::GgmlType;
-use alpaca::tokenizer::tiny_test_vocab;
 use alpaca::train::checkpoint::read_safetensors;
 use alpaca::train::metrics::read_metrics;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_alpaca"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("alpaca-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn tiny_model(dir: &Path, ty: GgmlType) -> PathBuf {
-    let tok = tiny_test_vocab();
-    let cfg = tiny_llama_config(tok.tokens.len());
-    let path = dir.join("tiny.gguf");
-    random_llama_gguf(&cfg, &tok, ty, 1)
-        .expect("model")
-        .write(&path)
-        .expect("write");
-    path
-}
-
-fn tiny_data(dir: &Path) -> PathBuf {
-    let words = [
-        "the cat",
-        "a hat",
-        "in the sun",
-        "on the mat",
-        "is big",
-        "the end",
-    ];
-    let rows: Vec<serde_json::Value> = (0..24)
-        .map(|i| {
-            serde_json::json!({
-                "instruction": format!("Say {}", words[i % 6]),
-                "input": if i % 3 == 0 { words[(i + 1) % 6] } else { "" },
-                "output": format!("{} {}", words[(i + 2) % 6], words[(i + 3) % 6]),
-            })
-        })
-        .collect();
-    let path = dir.join("data.json");
-    std::fs::write(&path, serde_json::to_string(&rows).expect("json")).expect("write");
-    path
-}
+use common::{bin, fails, ok, temp_dir, tiny_data, tiny_model, train_cmd};
 
 const ARGS: &[&str] = &[
     "--batch-size",
@@ -79,13 +35,7 @@ const ARGS: &[&str] = &[
 ];
 
 fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
-    bin()
-        .args(["train", "-m"])
-        .arg(model)
-        .arg("--data")
-        .arg(data)
-        .arg("-o")
-        .arg(out)
+    train_cmd(model, data, out)
         .args(ARGS)
         .args(extra)
         .output()
@@ -106,21 +56,11 @@ fn resume_after_kill_is_exact() {
 
     let straight = dir.join("straight");
     let out = train(&model, &data, &straight, &["--max-steps", "20"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
 
     // Second run: stop after step 10's checkpoint, kill -9, resume.
     let run = dir.join("resumed");
-    let mut child = bin()
-        .args(["train", "-m"])
-        .arg(&model)
-        .arg("--data")
-        .arg(&data)
-        .arg("-o")
-        .arg(&run)
+    let mut child = train_cmd(&model, &data, &run)
         .args(ARGS)
         .args(["--max-steps", "20", "--pause-after", "10"])
         .stderr(std::process::Stdio::null())
@@ -194,11 +134,7 @@ fn resume_after_kill_is_exact() {
         ])
         .output()
         .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -213,11 +149,7 @@ fn full_fine_tune_writes_a_model() {
         &dir.join("run"),
         &["--full", "--max-steps", "3"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&out);
     let st = read_safetensors(&dir.join("run/model.safetensors")).expect("model");
     assert!(st
         .tensors
@@ -233,10 +165,7 @@ fn bad_inputs_fail_with_clear_messages() {
     let check = |data: &str, extra: &[&str], want: &str| {
         let p = dir.join("bad.json");
         std::fs::write(&p, data).expect("write");
-        let out = train(&model, &p, &dir.join("run"), extra);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains(want), "expected `{want}` in: {err}");
+        fails(&train(&model, &p, &dir.join("run"), extra), want);
     };
     check("[]", &["--max-steps", "1"], "no examples");
     check(

@@ -2,36 +2,16 @@
 //! template lowers the training loss and writes a PEFT adapter, which `alpaca run --lora`
 //! applies (it changes the greedy output); `--full` writes a `Gemma3ForCausalLM` export.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use alpaca::model::fresh::{random_gemma3_gguf, tiny_gemma3_config};
 use alpaca::model::quant::GgmlType;
 use alpaca::tokenizer::tiny_test_vocab;
 use alpaca::train::checkpoint::read_safetensors;
 use alpaca::train::metrics::read_metrics;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_alpaca"))
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("alpaca-gemma3-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{bin, ok, temp_dir, train_cmd, write_rows, WORDS};
 
 /// A tiny Gemma 3 (Q8_0: the QLoRA base stays quantized) and 16 Alpaca rows.
 fn fixtures(dir: &Path) -> (PathBuf, PathBuf) {
@@ -42,29 +22,22 @@ fn fixtures(dir: &Path) -> (PathBuf, PathBuf) {
         .expect("model")
         .write(&model)
         .expect("write");
-    let words = ["the cat", "a hat", "in the sun", "on the mat"];
+    // The first four of WORDS.
     let rows: Vec<serde_json::Value> = (0..16)
         .map(|i| {
             serde_json::json!({
-                "instruction": format!("Say {}", words[i % 4]),
+                "instruction": format!("Say {}", WORDS[i % 4]),
                 "input": "",
-                "output": format!("{} is {}", words[(i + 1) % 4], words[(i + 2) % 4]),
+                "output": format!("{} is {}", WORDS[(i + 1) % 4], WORDS[(i + 2) % 4]),
             })
         })
         .collect();
-    let data = dir.join("data.json");
-    std::fs::write(&data, serde_json::to_string(&rows).expect("json")).expect("write");
-    (model, data)
+    (model, write_rows(dir, "data.json", &rows))
 }
 
 fn train(model: &Path, data: &Path, out: &Path, method: &[&str], steps: &str) {
-    let mut cmd = bin();
-    cmd.arg("train")
-        .arg("-m")
-        .arg(model)
-        .arg("--data")
-        .arg(data);
-    cmd.arg("-o").arg(out).args(method);
+    let mut cmd = train_cmd(model, data, out);
+    cmd.args(method);
     cmd.args([
         "--max-steps",
         steps,
@@ -84,7 +57,7 @@ fn train(model: &Path, data: &Path, out: &Path, method: &[&str], steps: &str) {
         "1",
         "-q",
     ]);
-    ok(cmd.output().expect("run train"));
+    ok(&cmd.output().expect("run train"));
 }
 
 fn greedy(model: &Path, lora: Option<&Path>) -> String {
@@ -107,7 +80,7 @@ fn greedy(model: &Path, lora: Option<&Path>) -> String {
         "-p",
         "Say the cat",
     ]);
-    ok(cmd.output().expect("run"))
+    ok(&cmd.output().expect("run"))
 }
 
 #[test]

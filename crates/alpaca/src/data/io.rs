@@ -141,16 +141,9 @@ pub fn parse_examples(text: &str, path: &Path) -> Result<Dataset> {
         }
         Layout::List
     } else {
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(line).map_err(|e| Error::Data {
-                path: path.to_path_buf(),
-                line: i + 1,
-                reason: format!("invalid JSON: {e}"),
-            })?;
-            let (ex, s) = example_from_value(&v, path, i + 1)?;
+        for rec in json_lines::<Value>(text, path, "invalid JSON") {
+            let (line, v) = rec?;
+            let (ex, s) = example_from_value(&v, path, line)?;
             schema.get_or_insert(s);
             examples.push(ex);
         }
@@ -163,6 +156,24 @@ pub fn parse_examples(text: &str, path: &Path) -> Result<Dataset> {
             schema: schema.unwrap_or(Schema::Alpaca),
         },
     })
+}
+
+/// The non-blank lines of JSON Lines `text`, each parsed as a `T`, with their 1-based line
+/// numbers. A line that is not a `T` gives an [`Error::Data`] naming `path`, the line and
+/// `"{what}: {serde error}"`.
+pub fn json_lines<'a, T: serde::de::DeserializeOwned + 'a>(
+    text: &'a str,
+    path: &'a Path,
+    what: &'a str,
+) -> impl Iterator<Item = Result<(usize, T)>> + 'a {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(move |(i, line)| {
+            serde_json::from_str(line)
+                .map(|rec| (i + 1, rec))
+                .map_err(|e| data_err(path, i + 1, format!("{what}: {e}")))
+        })
 }
 
 fn data_err(path: &Path, line: usize, reason: impl Into<String>) -> Error {
@@ -396,17 +407,13 @@ impl SeedTask {
 /// Parse seed tasks (one JSON object per line); `path` names the source in errors.
 pub fn parse_seed_tasks(text: &str, path: &Path) -> Result<Vec<SeedTask>> {
     let mut seeds = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let seed: SeedTask = serde_json::from_str(line)
-            .map_err(|e| data_err(path, i + 1, format!("not a seed task: {e}")))?;
+    for rec in json_lines::<SeedTask>(text, path, "not a seed task") {
+        let (line, seed) = rec?;
         if seed.instances.is_empty() {
-            return Err(data_err(path, i + 1, "field `instances` is empty"));
+            return Err(data_err(path, line, "field `instances` is empty"));
         }
         if seed.instruction.trim().is_empty() {
-            return Err(data_err(path, i + 1, "field `instruction` is empty"));
+            return Err(data_err(path, line, "field `instruction` is empty"));
         }
         seeds.push(seed);
     }

@@ -11,6 +11,7 @@
 //! This room is pure: no network, no tensors, no printing. Prompt templates for training live in
 //! `data/template.rs` (another room's file).
 
+pub mod append;
 pub mod dedup;
 pub mod filter;
 pub mod io;

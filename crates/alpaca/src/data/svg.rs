@@ -6,8 +6,9 @@ use std::fmt::Write;
 
 use super::stats::Stats;
 
-const PANEL_W: f64 = 460.0;
-const PANEL_H: f64 = 300.0;
+/// Size of one chart panel.
+pub const PANEL_W: f64 = 460.0;
+pub const PANEL_H: f64 = 300.0;
 
 /// Escape text for SVG/XML content.
 pub fn escape(s: &str) -> String {
@@ -17,21 +18,36 @@ pub fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// One vertical bar chart at `(x0, y0)`; `labels` under the bars, counts above them.
-pub fn bar_chart(
-    out: &mut String,
-    x0: f64,
-    y0: f64,
-    title: &str,
-    labels: &[String],
-    counts: &[u64],
-) {
-    let max = counts.iter().copied().max().unwrap_or(0).max(1) as f64;
+/// The start of a `w` x `h` SVG document on white, with a bold title at `(tx, ty)`.
+pub fn open_doc(out: &mut String, w: f64, h: f64, tx: f64, ty: f64, title: &str) {
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif">"#
+    );
+    let _ = writeln!(out, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        out,
+        r#"<text x="{tx}" y="{ty}" font-size="15" font-weight="bold">{}</text>"#,
+        escape(title)
+    );
+}
+
+/// Where a panel's bars go (see [`panel_frame`]).
+pub struct PlotArea {
+    /// x of the plot's left edge.
+    pub left: f64,
+    /// y of the baseline the bars stand on.
+    pub base: f64,
+    pub w: f64,
+    pub h: f64,
+}
+
+/// A bar-chart panel at `(x0, y0)`: its bold title and its baseline. Returns the plot area
+/// the bars fill.
+pub fn panel_frame(out: &mut String, x0: f64, y0: f64, title: &str) -> PlotArea {
     let (left, bottom, top) = (40.0, 60.0, 30.0);
     let plot_w = PANEL_W - left - 10.0;
     let plot_h = PANEL_H - bottom - top;
-    let n = counts.len().max(1) as f64;
-    let bw = plot_w / n;
     let _ = writeln!(
         out,
         r#"<text x="{:.1}" y="{:.1}" font-size="14" font-weight="bold">{}</text>"#,
@@ -46,9 +62,31 @@ pub fn bar_chart(
         x0 + left,
         x0 + left + plot_w
     );
+    PlotArea {
+        left: x0 + left,
+        base,
+        w: plot_w,
+        h: plot_h,
+    }
+}
+
+/// One vertical bar chart at `(x0, y0)`; `labels` under the bars, counts above them.
+pub fn bar_chart(
+    out: &mut String,
+    x0: f64,
+    y0: f64,
+    title: &str,
+    labels: &[String],
+    counts: &[u64],
+) {
+    let max = counts.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let p = panel_frame(out, x0, y0, title);
+    let n = counts.len().max(1) as f64;
+    let bw = p.w / n;
+    let base = p.base;
     for (i, (&c, label)) in counts.iter().zip(labels).enumerate() {
-        let h = plot_h * c as f64 / max;
-        let x = x0 + left + i as f64 * bw;
+        let h = p.h * c as f64 / max;
+        let x = p.left + i as f64 * bw;
         let _ = writeln!(
             out,
             r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="#4878a8"><title>{}: {c}</title></rect>"##,

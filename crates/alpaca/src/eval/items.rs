@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::data::io::{example_from_value, parse_examples, read_text};
+use crate::data::io::{example_from_value, json_lines, parse_examples, read_text};
 use crate::error::{Error, Result};
 
 /// One instruction to answer.
@@ -51,18 +51,11 @@ pub fn parse_items(text: &str, path: &Path) -> Result<Vec<EvalItem>> {
             items.push((i + 1, item));
         }
     } else {
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: Value = serde_json::from_str(line).map_err(|e| Error::Data {
-                path: path.to_path_buf(),
-                line: i + 1,
-                reason: format!("invalid JSON: {e}"),
-            })?;
+        for rec in json_lines::<Value>(text, path, "invalid JSON") {
+            let (line, v) = rec?;
             let mut found = Vec::new();
-            parse_record(&v, path, i + 1, items.len(), &mut found)?;
-            items.extend(found.into_iter().map(|it| (i + 1, it)));
+            parse_record(&v, path, line, items.len(), &mut found)?;
+            items.extend(found.into_iter().map(|it| (line, it)));
         }
     }
     if items.is_empty() {

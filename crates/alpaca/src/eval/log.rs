@@ -7,14 +7,15 @@
 //! continues at the end. [`finish`] rewrites the file atomically in a chosen order once a run
 //! is complete.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::data::append;
 use crate::error::{Error, Result};
 
 /// An open log, positioned at its end.
@@ -40,37 +41,15 @@ impl<T: Serialize + DeserializeOwned> JsonlLog<T> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(overwrite)
-            .open(path)
-            .map_err(io)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
-        let good = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let text = std::str::from_utf8(&bytes[..good]).map_err(|e| Error::Data {
-            path: path.to_path_buf(),
-            line: 1 + bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count(),
-            reason: "invalid UTF-8".into(),
-        })?;
+        let (mut file, bytes) = append::open_and_read(path, overwrite)?;
+        let good = append::complete_len(&bytes);
         // Parse everything before touching the file: a file that is not ours stays intact.
-        let mut records = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let rec: T = serde_json::from_str(line).map_err(|e| Error::Data {
-                path: path.to_path_buf(),
-                line: i + 1,
-                reason: format!("not a record of this file: {e}"),
-            })?;
-            records.push((i + 1, rec));
-        }
+        let mut records = append::parse_lines(
+            path,
+            &bytes[..good],
+            "invalid UTF-8",
+            "not a record of this file",
+        )?;
         // The last line has no newline: a complete record (another tool wrote the file) is
         // kept; a cut-off record (`{` and invalid JSON: a run killed mid-write) is removed;
         // anything else means the file is not ours and stays untouched.
@@ -97,8 +76,7 @@ impl<T: Serialize + DeserializeOwned> JsonlLog<T> {
             torn_bytes = tail.len();
         }
         if torn_bytes > 0 {
-            file.set_len(good as u64).map_err(io)?;
-            file.sync_all().map_err(io)?;
+            append::cut_to(&file, path, good)?;
         }
         file.seek(SeekFrom::End(0)).map_err(io)?;
         Ok(Reopened {
@@ -114,12 +92,7 @@ impl<T: Serialize + DeserializeOwned> JsonlLog<T> {
 
     /// Append one record durably.
     pub fn append(&mut self, rec: &T) -> Result<()> {
-        let mut line = serde_json::to_string(rec)
-            .map_err(|e| Error::Internal(format!("serialising a record: {e}")))?;
-        line.push('\n');
-        let io = |e| Error::io(&self.path, e);
-        self.file.write_all(line.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(io)
+        append::append_line(&mut self.file, &self.path, rec, "a record")
     }
 
     pub fn path(&self) -> &Path {
@@ -143,6 +116,7 @@ pub fn finish<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
 
     #[test]
     fn torn_line_is_cut_and_appends_continue() {

@@ -3,10 +3,11 @@
 
 use std::fmt::Write;
 
+use super::bootstrap::Interval;
 use super::loss::LossReport;
 use super::pairwise::Tally;
 use super::rouge::RougeReport;
-use crate::data::svg::{bar_chart, escape};
+use crate::data::svg::{bar_chart, escape, open_doc, panel_frame, PANEL_H, PANEL_W};
 
 /// A named loss measurement (e.g. "base", "tuned").
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -139,8 +140,12 @@ pub fn markdown(r: &Report) -> String {
     s
 }
 
-const PANEL_W: f64 = 460.0;
-const PANEL_H: f64 = 300.0;
+/// `", {name} lo-hi"` for an interval, empty without one.
+fn ci(interval: Option<Interval>, name: &str) -> String {
+    interval
+        .map(|c| format!(", {name} {}-{}", pct(c.lo), pct(c.hi)))
+        .unwrap_or_default()
+}
 
 /// The picture: a win/tie/loss bar chart and a held-out loss bar chart, side by side.
 pub fn svg(r: &Report) -> String {
@@ -152,50 +157,42 @@ pub fn svg(r: &Report) -> String {
     let w = PANEL_W * panels.max(1) as f64;
     let h = PANEL_H + 40.0;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif">"#
-    );
-    let _ = writeln!(out, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="10" y="20" font-size="15" font-weight="bold">{}</text>"#,
-        escape(&r.title)
-    );
+    open_doc(&mut out, w, h, 10.0, 20.0, &r.title);
     let mut x0 = 0.0;
     if let Some(t) = &r.tally {
-        let ci = t
-            .interval
-            .map(|c| format!(", 95% CI {}-{}", pct(c.lo), pct(c.hi)))
-            .unwrap_or_default();
-        let title = format!("{} vs {}: win rate {}{ci}", t.b, t.a, pct(t.win_rate));
         let labels = [
             format!("{} wins", t.b),
             "ties".into(),
             format!("{} wins", t.a),
         ];
-        bar_chart(
-            &mut out,
-            x0,
-            30.0,
-            &title,
-            &labels,
-            &[t.wins as u64, t.ties as u64, t.losses as u64],
-        );
-        x0 += PANEL_W;
+        let mut charts = vec![(
+            format!(
+                "{} vs {}: win rate {}{}",
+                t.b,
+                t.a,
+                pct(t.win_rate),
+                ci(t.interval, "95% CI")
+            ),
+            [t.wins, t.ties, t.losses],
+        )];
         if let Some(d) = &t.debiased {
-            let ci = d
-                .interval
-                .map(|c| format!(", CI {}-{}", pct(c.lo), pct(c.hi)))
-                .unwrap_or_default();
-            let title = format!("position bias cancelled in logits: {}{ci}", pct(d.win_rate));
+            charts.push((
+                format!(
+                    "position bias cancelled in logits: {}{}",
+                    pct(d.win_rate),
+                    ci(d.interval, "CI")
+                ),
+                [d.wins, d.ties, d.losses],
+            ));
+        }
+        for (title, counts) in charts {
             bar_chart(
                 &mut out,
                 x0,
                 30.0,
                 &title,
                 &labels,
-                &[d.wins as u64, d.ties as u64, d.losses as u64],
+                &counts.map(|c| c as u64),
             );
             x0 += PANEL_W;
         }
@@ -209,37 +206,23 @@ pub fn svg(r: &Report) -> String {
 
 /// Vertical bars of held-out loss, one per entry, value on top.
 fn loss_bars(out: &mut String, x0: f64, y0: f64, losses: &[LossEntry]) {
-    let (left, bottom, top) = (40.0, 60.0, 30.0);
-    let plot_w = PANEL_W - left - 10.0;
-    let plot_h = PANEL_H - bottom - top;
     let max = losses
         .iter()
         .map(|l| l.report.loss)
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max)
         .max(1e-9);
-    let bw = plot_w / losses.len() as f64;
-    let _ = writeln!(
-        out,
-        r#"<text x="{:.1}" y="{:.1}" font-size="14" font-weight="bold">held-out loss (response tokens)</text>"#,
-        x0 + left,
-        y0 + 18.0
-    );
-    let base = y0 + top + plot_h;
-    let _ = writeln!(
-        out,
-        r##"<line x1="{:.1}" y1="{base:.1}" x2="{:.1}" y2="{base:.1}" stroke="#333"/>"##,
-        x0 + left,
-        x0 + left + plot_w
-    );
+    let p = panel_frame(out, x0, y0, "held-out loss (response tokens)");
+    let bw = p.w / losses.len() as f64;
+    let base = p.base;
     for (i, l) in losses.iter().enumerate() {
         let v = if l.report.loss.is_finite() {
             l.report.loss
         } else {
             0.0
         };
-        let hgt = plot_h * v / max;
-        let x = x0 + left + i as f64 * bw;
+        let hgt = p.h * v / max;
+        let x = p.left + i as f64 * bw;
         let _ = writeln!(
             out,
             r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{hgt:.1}" fill="#e07b39"><title>{}: {v:.4}</title></rect>"##,

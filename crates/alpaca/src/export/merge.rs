@@ -117,12 +117,10 @@ mod tests {
     use crate::model::llama::Llama;
     use crate::rng::Rng;
     use crate::tokenizer::tiny_test_vocab;
-    use crate::train::checkpoint::{write_safetensors, TensorRef};
     use crate::train::model::{linear_parent, LINEAR_NAMES};
 
     /// A random PEFT adapter (HF layout) for a tiny llama, on q, k, v and down.
     pub(crate) fn random_adapter(dir: &Path, cfg: &crate::model::llama::LlamaConfig, r: usize) {
-        std::fs::create_dir_all(dir).expect("dir");
         let mut rng = Rng::new(42);
         let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
         let shapes = [
@@ -149,19 +147,9 @@ mod tests {
                 owned.push((format!("{key}.lora_B.weight"), vec![rows, r], rnd(rows * r)));
             }
         }
-        let refs: Vec<TensorRef> = owned
-            .iter()
-            .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
-            .collect();
-        write_safetensors(
-            &dir.join("adapter_model.safetensors"),
-            &refs,
-            &Default::default(),
-        )
-        .expect("write adapter");
         let cfg_json = serde_json::json!({"peft_type": "LORA", "r": r, "lora_alpha": 2 * r,
             "target_modules": ["q_proj", "k_proj", "v_proj", "down_proj"]});
-        std::fs::write(dir.join("adapter_config.json"), cfg_json.to_string()).expect("cfg");
+        crate::export::peft::write_adapter_dir(dir, &owned, &cfg_json).expect("write adapter");
     }
 
     fn logits(m: &Model, toks: &[u32]) -> Vec<f32> {

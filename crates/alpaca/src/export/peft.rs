@@ -255,6 +255,27 @@ fn write_peft(adapter: &Path, base: Option<&Gguf>, out: &Path, force: bool) -> R
     })
 }
 
+/// Write `tensors` (PEFT key names, shapes `[r, in]` / `[out, r]`) and `config` (a
+/// `LoraConfig`) as a PEFT adapter directory `dir`, created if missing: what `alpaca train
+/// --lora` leaves behind, for tests and tools that build an adapter by hand.
+pub fn write_adapter_dir(
+    dir: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    config: &Value,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let refs: Vec<TensorRef> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
+        .collect();
+    write_safetensors(
+        &dir.join("adapter_model.safetensors"),
+        &refs,
+        &BTreeMap::new(),
+    )?;
+    write_json(&dir.join("adapter_config.json"), config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,22 +301,11 @@ mod tests {
     }
 
     fn write_adapter(dir: &Path, cfg: Value, tensors: &[(&str, Vec<usize>)]) {
-        std::fs::create_dir_all(dir).expect("mkdir");
         let owned: Vec<(String, Vec<usize>, Vec<f32>)> = tensors
             .iter()
             .map(|(n, s)| (n.to_string(), s.clone(), vec![0.5; s.iter().product()]))
             .collect();
-        let refs: Vec<TensorRef> = owned
-            .iter()
-            .map(|(n, s, v)| (n.clone(), s.clone(), v.as_slice()))
-            .collect();
-        write_safetensors(
-            &dir.join("adapter_model.safetensors"),
-            &refs,
-            &BTreeMap::new(),
-        )
-        .expect("write");
-        std::fs::write(dir.join("adapter_config.json"), cfg.to_string()).expect("write");
+        write_adapter_dir(dir, &owned, &cfg).expect("write");
     }
 
     #[test]

@@ -8,13 +8,14 @@
 //! `prompt` and `position` say where an item came from (prompt number, chunk of the reply);
 //! they let a resumed run skip exactly what is already stored.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::teacher::Usage;
+use crate::data::append;
 use crate::data::Example;
 use crate::error::{Error, Result};
 
@@ -95,45 +96,25 @@ impl Store {
                 path.display()
             )));
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(mode == OpenMode::Overwrite)
-            .open(path)
-            .map_err(io)?;
+        let (mut file, bytes) = append::open_and_read(path, mode == OpenMode::Overwrite)?;
         if !exists {
             sync_parent(path);
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
-        let good = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        let good = append::complete_len(&bytes);
         let torn_bytes = bytes.len() - good;
         if torn_bytes > 0 {
-            file.set_len(good as u64).map_err(io)?;
-            file.sync_all().map_err(io)?;
+            append::cut_to(&file, path, good)?;
         }
         file.seek(SeekFrom::Start(good as u64)).map_err(io)?;
-        let text = std::str::from_utf8(&bytes[..good]).map_err(|e| Error::Data {
-            path: path.to_path_buf(),
-            line: 1 + bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count(),
-            reason: "store is not valid UTF-8".into(),
-        })?;
-        let mut items = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let item: StoredItem = serde_json::from_str(line).map_err(|e| Error::Data {
-                path: path.to_path_buf(),
-                line: i + 1,
-                reason: format!("not a generated item: {e}"),
-            })?;
-            items.push(item);
-        }
+        let items: Vec<StoredItem> = append::parse_lines::<StoredItem>(
+            path,
+            &bytes[..good],
+            "store is not valid UTF-8",
+            "not a generated item",
+        )?
+        .into_iter()
+        .map(|(_, item)| item)
+        .collect();
         let store = Store {
             path: path.to_path_buf(),
             file,
@@ -161,12 +142,7 @@ impl Store {
 
     /// Append one item durably: one write of the whole line, then fsync.
     pub fn append(&mut self, item: &StoredItem) -> Result<()> {
-        let mut line = serde_json::to_string(item)
-            .map_err(|e| Error::Internal(format!("serialising a stored item: {e}")))?;
-        line.push('\n');
-        let io = |e| Error::io(&self.path, e);
-        self.file.write_all(line.as_bytes()).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        append::append_line(&mut self.file, &self.path, item, "a stored item")?;
         self.len += 1;
         Ok(())
     }
@@ -186,6 +162,8 @@ fn sync_parent(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     fn item(p: u64) -> StoredItem {
         StoredItem {

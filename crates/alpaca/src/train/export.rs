@@ -16,7 +16,7 @@ use serde_json::json;
 use super::checkpoint::{read_safetensors, write_safetensors, TensorRef};
 use super::gemma3::{TGemma3, GEMMA_NORM_NAMES};
 use super::llama::TLlama;
-use super::model::{linear_parent, Method, Norm, TLinear, TrainModel, LINEAR_NAMES};
+use super::model::{linear_parent, Method, Norm, TLinear, TrainModel, Weight, LINEAR_NAMES};
 use crate::error::{Error, Result};
 use crate::model::gemma3::{Gemma3, Gemma3Config};
 use crate::model::linear::{Linear, LoraAdapter};
@@ -138,6 +138,18 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
 struct Tensors(Vec<(String, Vec<usize>, Vec<f32>)>);
 
 impl Tensors {
+    /// Starting with the `[vocab, dim]` token embeddings.
+    fn with_embeddings(embd: &Weight, vocab: usize, dim: usize) -> Tensors {
+        let mut t = Tensors::default();
+        t.push(
+            "model.embed_tokens.weight".into(),
+            vocab,
+            dim,
+            embd.f32().into_owned(),
+        );
+        t
+    }
+
     /// A `[rows, cols]` tensor (`[cols]` when `rows` is 1).
     fn push(&mut self, name: String, rows: usize, cols: usize, w: Vec<f32>) {
         let shape = if rows == 1 {
@@ -181,6 +193,21 @@ impl Tensors {
         }
     }
 
+    /// The final norm and, when untied, the `[vocab, dim]` output head.
+    fn head(
+        &mut self,
+        out_norm: &Norm,
+        minus: f32,
+        head: Option<&Weight>,
+        vocab: usize,
+        dim: usize,
+    ) {
+        self.norm("model.norm.weight".into(), out_norm, minus);
+        if let Some(h) = head {
+            self.push("lm_head.weight".into(), vocab, dim, h.f32().into_owned());
+        }
+    }
+
     fn write(&self, dir: &Path, config: &serde_json::Value) -> Result<()> {
         let tensors: Vec<TensorRef> = self
             .0
@@ -205,14 +232,7 @@ pub fn save_full(dir: &Path, m: &TrainModel) -> Result<()> {
 
 fn save_full_llama(dir: &Path, m: &TLlama) -> Result<()> {
     let c = &m.cfg;
-    let mut t = Tensors::default();
-    let embd = m.embd.f32().into_owned();
-    t.push(
-        "model.embed_tokens.weight".into(),
-        c.vocab_size,
-        c.dim,
-        embd,
-    );
+    let mut t = Tensors::with_embeddings(&m.embd, c.vocab_size, c.dim);
     for (i, b) in m.blocks.iter().enumerate() {
         let p = format!("model.layers.{i}");
         t.norm(format!("{p}.input_layernorm.weight"), &b.attn_norm, 0.0);
@@ -223,43 +243,20 @@ fn save_full_llama(dir: &Path, m: &TLlama) -> Result<()> {
         );
         t.linears(i, &b.lin, |j| rope_heads(c, j).map(|h| (h, c.head_dim)));
     }
-    t.norm("model.norm.weight".into(), &m.out_norm, 0.0);
-    if let Some(h) = &m.head {
-        t.push(
-            "lm_head.weight".into(),
-            c.vocab_size,
-            c.dim,
-            h.f32().into_owned(),
-        );
-    }
+    t.head(&m.out_norm, 0.0, m.head.as_ref(), c.vocab_size, c.dim);
     t.write(dir, &hf_config(c, m.head.is_none()))
 }
 
 fn save_full_gemma3(dir: &Path, m: &TGemma3) -> Result<()> {
     let c = &m.cfg;
-    let mut t = Tensors::default();
-    let embd = m.embd.f32().into_owned();
-    t.push(
-        "model.embed_tokens.weight".into(),
-        c.vocab_size,
-        c.dim,
-        embd,
-    );
+    let mut t = Tensors::with_embeddings(&m.embd, c.vocab_size, c.dim);
     for (i, b) in m.blocks.iter().enumerate() {
         for (name, n) in GEMMA_NORM_NAMES.iter().zip(b.norms()) {
             t.norm(format!("model.layers.{i}.{name}.weight"), n, 1.0);
         }
         t.linears(i, &b.lin, |_| None);
     }
-    t.norm("model.norm.weight".into(), &m.out_norm, 1.0);
-    if let Some(h) = &m.head {
-        t.push(
-            "lm_head.weight".into(),
-            c.vocab_size,
-            c.dim,
-            h.f32().into_owned(),
-        );
-    }
+    t.head(&m.out_norm, 1.0, m.head.as_ref(), c.vocab_size, c.dim);
     t.write(dir, &hf_config_gemma3(c, m.head.is_none()))
 }
 
@@ -340,46 +337,34 @@ pub trait AdapterTarget {
     fn adapter_slots(&mut self) -> (Vec<[&mut Linear; 7]>, RowPerm);
 }
 
+/// A block's seven linears in [`LINEAR_NAMES`] order (LLaMA and Gemma 3 blocks name them
+/// alike).
+macro_rules! seven_linears {
+    ($b:expr) => {
+        [
+            &mut $b.wq,
+            &mut $b.wk,
+            &mut $b.wv,
+            &mut $b.wo,
+            &mut $b.w_gate,
+            &mut $b.w_up,
+            &mut $b.w_down,
+        ]
+    };
+}
+
 impl AdapterTarget for Llama {
     fn adapter_slots(&mut self) -> (Vec<[&mut Linear; 7]>, RowPerm) {
         let c = &self.cfg;
         let perm = std::array::from_fn(|j| rope_heads(c, j).map(|h| (h, c.head_dim)));
-        let blocks = self
-            .blocks
-            .iter_mut()
-            .map(|b| {
-                [
-                    &mut b.wq,
-                    &mut b.wk,
-                    &mut b.wv,
-                    &mut b.wo,
-                    &mut b.w_gate,
-                    &mut b.w_up,
-                    &mut b.w_down,
-                ]
-            })
-            .collect();
+        let blocks = self.blocks.iter_mut().map(|b| seven_linears!(b)).collect();
         (blocks, perm)
     }
 }
 
 impl AdapterTarget for Gemma3 {
     fn adapter_slots(&mut self) -> (Vec<[&mut Linear; 7]>, RowPerm) {
-        let blocks = self
-            .blocks
-            .iter_mut()
-            .map(|b| {
-                [
-                    &mut b.wq,
-                    &mut b.wk,
-                    &mut b.wv,
-                    &mut b.wo,
-                    &mut b.w_gate,
-                    &mut b.w_up,
-                    &mut b.w_down,
-                ]
-            })
-            .collect();
+        let blocks = self.blocks.iter_mut().map(|b| seven_linears!(b)).collect();
         (blocks, [None; 7])
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::svg::escape;
+use crate::data::svg::open_doc;
 use crate::error::{Error, Result};
 
 /// One step's record.
@@ -94,16 +94,7 @@ pub fn loss_svg(records: &[StepMetrics], title: &str) -> String {
     let x = |s: usize| left + pw * s as f64 / max_step;
     let y = |v: f64| top + ph * (1.0 - (v - lo) / (hi - lo));
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif">"#
-    );
-    let _ = writeln!(out, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        out,
-        r#"<text x="{left}" y="24" font-size="15" font-weight="bold">{}</text>"#,
-        escape(title)
-    );
+    open_doc(&mut out, w, h, left, 24.0, title);
     let _ = writeln!(
         out,
         r##"<path d="M{left},{top} V{:.1} H{:.1}" fill="none" stroke="#333"/>"##,
