@@ -26,27 +26,24 @@ use crate::model::Model;
 /// Rows of a q/k matrix (`heads * hd` rows of `cols`) from GGUF to HF order:
 /// HF row `h*hd + p*hd/2 + i` is GGUF row `h*hd + 2i + p`.
 pub fn unpermute_rows(w: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
-    let half = hd / 2;
-    for h in 0..heads {
-        for i in 0..half {
-            for p in 0..2 {
-                let (src, dst) = (h * hd + 2 * i + p, h * hd + p * half + i);
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
+    reorder_rope_rows(w, heads, hd, cols, true)
 }
 
 /// Inverse of [`unpermute_rows`]: HF order to GGUF order.
 pub fn permute_rows(w: &[f32], heads: usize, hd: usize, cols: usize) -> Vec<f32> {
+    reorder_rope_rows(w, heads, hd, cols, false)
+}
+
+/// The one row mapping behind both directions: GGUF row `h*hd + 2i + p` <-> HF row
+/// `h*hd + p*hd/2 + i`.
+fn reorder_rope_rows(w: &[f32], heads: usize, hd: usize, cols: usize, to_hf: bool) -> Vec<f32> {
     let mut out = vec![0f32; w.len()];
     let half = hd / 2;
     for h in 0..heads {
         for i in 0..half {
             for p in 0..2 {
-                let (dst, src) = (h * hd + 2 * i + p, h * hd + p * half + i);
+                let (gguf, hf) = (h * hd + 2 * i + p, h * hd + p * half + i);
+                let (src, dst) = if to_hf { (gguf, hf) } else { (hf, gguf) };
                 out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
             }
         }
