@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// Print a JSON array instead of a table
     #[arg(long = "json")]
     pub json: bool,
+    /// Q8_0 weights: quantize activations to 8 bits and use integer dot products, like
+    /// llama.cpp (faster on some CPUs, logits differ slightly from the f32 reference)
+    #[arg(long = "int8-activations")]
+    pub int8_activations: bool,
 }
 
 #[derive(Serialize)]
@@ -107,6 +111,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         model: a.model.clone(),
         threads: Some(threads[0]),
         lora: None,
+        int8_activations: a.int8_activations,
     }
     .load()?;
     let model = &engine.model;

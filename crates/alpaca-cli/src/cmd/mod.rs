@@ -31,12 +31,17 @@ pub struct ModelArgs {
     /// LoRA adapter to apply: a run directory of `alpaca train` or a PEFT adapter directory
     #[arg(long = "lora")]
     pub lora: Option<PathBuf>,
+    /// Q8_0 weights: quantize activations to 8 bits and use integer dot products, like
+    /// llama.cpp (faster on some CPUs, logits differ slightly from the f32 reference)
+    #[arg(long = "int8-activations")]
+    pub int8_activations: bool,
 }
 
 impl ModelArgs {
     /// Set up the thread pool and load the model.
     pub fn load(&self) -> Result<Engine> {
         init_threads(self.threads)?;
+        alpaca::model::int8::set_int8_activations(self.int8_activations);
         let path = alpaca::assets::resolve_model(self.model.as_deref())?;
         let mut engine = Engine::load(&path)?;
         if let Some(dir) = &self.lora {

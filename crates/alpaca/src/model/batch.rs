@@ -168,6 +168,13 @@ fn llama_step(m: &Llama, tokens: &[u32], caches: &mut [&mut KvCache]) -> Vec<f32
 /// `kernels`.
 fn linear(l: &Linear, x: &[f32], b: usize, y: &mut [f32]) {
     let w = &l.weight;
+    if w.ty == crate::model::quant::GgmlType::Q8_0 && crate::model::int8::enabled() {
+        crate::model::int8::matmul_q8_0(w.data.bytes(), w.rows, w.cols, x, b, y);
+        if let Some(lora) = &l.lora {
+            lora.apply(x, b, y);
+        }
+        return;
+    }
     kernels::matvec(
         kernels::default_level(),
         w.ty,

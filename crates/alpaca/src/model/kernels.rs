@@ -24,6 +24,10 @@ use crate::model::quant::{dequantize_row, GgmlType};
 #[cfg(target_arch = "x86_64")]
 use crate::model::kernels_x86 as x86;
 
+#[path = "kernels_multi.rs"]
+mod multi;
+pub use multi::{matvec_multi, unpack_row_at};
+
 /// A fused row kernel: `(row bytes, x, block sums of x) -> W[r] . x`.
 ///
 /// Unsafe to call: the kernel may use CPU features; [`row_kernel`] only hands out kernels of
@@ -242,11 +246,35 @@ thread_local! {
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `y[i, r] = W[r] . x[i]` through row kernels: `t` tokens, weights `data` of `rows` rows
-/// of `cols` values in `ty`. Weight rows are the outer loop, so with `t > 1` each row is
-/// read from memory once.
+/// `y[i, r] = W[r] . x[i]` for `t` decode tokens, weights `data` of `rows` rows of `cols`
+/// values in `ty`: one token through the fused row kernels ([`matvec_fused`]), several
+/// through the multi-row kernels ([`matvec_multi`]: each row decoded once for all tokens).
+/// Weight rows are the outer loop, so each row is read from memory once.
 #[allow(clippy::too_many_arguments)]
 pub fn matvec(
+    level: SimdLevel,
+    ty: GgmlType,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    y: &mut [f32],
+) {
+    assert_eq!(data.len(), rows * ty.row_bytes(cols));
+    assert_eq!(x.len(), t * cols);
+    assert_eq!(y.len(), t * rows);
+    if t >= 2 {
+        matvec_multi(level, ty, data, rows, cols, x, t, y)
+    } else {
+        matvec_fused(level, ty, data, rows, cols, x, t, y)
+    }
+}
+
+/// [`matvec`] through the fused row kernels for every token (the `t = 1` path; with more
+/// tokens each block is decoded again per token, which [`matvec_multi`] avoids).
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_fused(
     level: SimdLevel,
     ty: GgmlType,
     data: &[u8],
@@ -407,21 +435,21 @@ mod tests {
     use super::*;
     use half::{bf16, f16};
 
-    struct Lcg(u64);
+    pub(super) struct Lcg(pub(super) u64);
     impl Lcg {
-        fn next(&mut self) -> u64 {
+        pub(super) fn next(&mut self) -> u64 {
             self.0 = self
                 .0
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             self.0 >> 33
         }
-        fn unit(&mut self) -> f32 {
+        pub(super) fn unit(&mut self) -> f32 {
             (self.next() as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
         }
     }
 
-    const TYPES: [GgmlType; 11] = [
+    pub(super) const TYPES: [GgmlType; 11] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::BF16,
@@ -436,7 +464,7 @@ mod tests {
     ];
 
     /// Random valid bytes of `rows` rows of `cols` weights: random quants, sane f16 scales.
-    fn random_matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Lcg) -> Vec<u8> {
+    pub(super) fn random_matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Lcg) -> Vec<u8> {
         let n = rows * cols;
         match ty {
             GgmlType::F32 => (0..n).flat_map(|_| rng.unit().to_le_bytes()).collect(),
@@ -467,7 +495,7 @@ mod tests {
         }
     }
 
-    fn levels() -> Vec<SimdLevel> {
+    pub(super) fn levels() -> Vec<SimdLevel> {
         [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512]
             .into_iter()
             .filter(|l| available(*l))
@@ -517,7 +545,7 @@ mod tests {
     }
 
     /// Reference `(value, magnitude)` of every output.
-    fn naive(
+    pub(super) fn naive(
         ty: GgmlType,
         data: &[u8],
         rows: usize,

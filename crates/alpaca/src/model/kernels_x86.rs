@@ -80,6 +80,11 @@ macro_rules! avx2_fn {
     };
 }
 
+// Multi-row decode kernels (unpackers and tiles), in their own file; declared here so they
+// share the helpers and macros above.
+#[path = "kernels_x86_multi.rs"]
+pub mod multi;
+
 avx512_fn! {
     /// 16 dwords of `u8` from `p`, as i32.
     #[inline]

@@ -118,6 +118,10 @@ impl QMatrix {
     /// `y` (`t x rows`). Fused dequantize + dot per weight row for few tokens, a tiled GEMM
     /// over dequantized panels for prompts (see [`kernels`]). Parallel over weight rows.
     pub fn matmul(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        if self.ty == GgmlType::Q8_0 && crate::model::int8::enabled() {
+            let d = self.data.bytes();
+            return crate::model::int8::matmul_q8_0(d, self.rows, self.cols, x, t, y);
+        }
         let level = kernels::default_level();
         let data = self.data.bytes();
         if t >= kernels::GEMM_MIN_T {

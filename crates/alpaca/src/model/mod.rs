@@ -9,6 +9,7 @@ pub mod fresh;
 pub mod gemma3;
 pub mod gguf;
 pub mod hf;
+pub mod int8;
 pub mod kernels;
 #[cfg(target_arch = "x86_64")]
 pub mod kernels_x86;
@@ -17,6 +18,9 @@ pub mod linear;
 pub mod llama;
 pub mod ops;
 pub mod quant;
+pub mod sgemm;
+#[cfg(target_arch = "x86_64")]
+pub mod sgemm_x86;
 
 use std::path::Path;
 
