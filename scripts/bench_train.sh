@@ -27,7 +27,7 @@ PY
 rust_side() { # setup flags...
   local setup=$1; shift
   local out="$WORK/$setup"
-  MATMUL_NUM_THREADS=$THREADS /usr/bin/time -v -o "$WORK/$setup.time" "$BIN" train -m "$MODEL" --data "$WORK/data.json" -o "$out" \
+  /usr/bin/time -v -o "$WORK/$setup.time" "$BIN" train -m "$MODEL" --data "$WORK/data.json" -o "$out" \
     --max-steps "$STEPS" --batch-size 4 --micro-batch-size 4 --cutoff-len 256 --train-on-inputs \
     --val-size 0 --eval-every 0 --save-every 0 --warmup-steps 0 --lr 1e-5 -t "$THREADS" -q "$@" 2>/dev/null
   python3 - "$out/metrics.jsonl" "$WORK/$setup.time" "$setup" <<'PY'

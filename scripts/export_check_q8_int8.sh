@@ -3,16 +3,22 @@
 # "Export"): llama.cpp quantizes activations to Q8_0 and uses integer dots; so does
 # `alpaca run --int8-activations`. Compares llama.cpp's greedy 64 tokens
 # (alpaca-llamacpp-greedy: argmax, no EOS stop) with alpaca's, with and without the flag,
-# on the 4 prompts of scripts/export_check_llamacpp.sh.
+# on the 4 prompts of scripts/export_check_llamacpp.sh. Then the diagnosis: a probe built
+# here from scripts/llamacpp_greedy.cpp (plus env switches: ALP_DUMP=FILE writes the first
+# step's logits, ALP_KV_F32=1 an f32 KV cache, ALP_FA=0/1 flash attention off/on) shows
+# that on a one-token prompt (no attention mixing, RoPE at position 0) llama.cpp's logits
+# equal ours with the flag, and how llama.cpp's own greedy output moves with its attention
+# settings.
 #
 #   scripts/export_check_q8_int8.sh [WORKDIR]
 #
-# Needs: the llama.cpp tools of scripts/llamacpp.sh (LLAMACPP_BIN) and python3. ~2 minutes.
+# Needs: the llama.cpp build of scripts/llamacpp.sh (LLAMACPP_DIR), g++, python3. ~3 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 W=${1:-/tmp/alpaca-q8-int8-check}
-L=${LLAMACPP_BIN:-$HOME/.cache/alpaca/llama.cpp/build/bin}
+LD=${LLAMACPP_DIR:-$HOME/.cache/alpaca/llama.cpp}
+L=${LLAMACPP_BIN:-$LD/build/bin}
 A=${ALPACA_BIN:-$ROOT/target/release/alpaca}
 M=${ALPACA_MODEL:-$HOME/.cache/alpaca/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 T=${THREADS:-2}
@@ -41,4 +47,53 @@ def cmp(b):
     return f"first difference at step {n} (llama.cpp {ll[n]} vs alpaca {b[n]})"
 print(f"{sys.argv[4]}: f32 activations: {cmp(f32)}; --int8-activations: {cmp(i8)}")
 PY
+done
+
+echo "### one-token prompt: llama.cpp (f32 KV, no flash attention) vs alpaca, all logits"
+python3 - scripts/llamacpp_greedy.cpp "$W/probe.cpp" <<'PY'
+import sys
+s = open(sys.argv[1]).read()
+hooks = {
+    "    cp.no_perf = true;\n": """    if (getenv("ALP_KV_F32")) { cp.type_k = GGML_TYPE_F32; cp.type_v = GGML_TYPE_F32; }
+    if (getenv("ALP_FA")) cp.flash_attn_type = atoi(getenv("ALP_FA")) ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+""",
+    "        if (step == 0) {\n": """            if (getenv("ALP_DUMP")) { FILE * f = fopen(getenv("ALP_DUMP"), "w"); for (int t = 0; t < n_vocab; t++) fprintf(f, "%.9g\\n", logits[t]); fclose(f); }
+""",
+}
+for anchor, add in hooks.items():
+    assert anchor in s, f"llamacpp_greedy.cpp changed: no {anchor!r}"
+    s = s.replace(anchor, anchor + add, 1)
+open(sys.argv[2], "w").write("#include <cstdlib>\n" + s)
+PY
+B=$LD/build; S=$LD/src/vendor/llama.cpp
+omp=(); grep -q '^GGML_OPENMP:BOOL=ON' "$B/CMakeCache.txt" && omp=(-fopenmp)
+"${CXX:-g++}" -O2 -std=c++17 -I"$S/include" -I"$S/ggml/include" "$W/probe.cpp" \
+  "$B/src/libllama.a" "$B/ggml/src/libggml.a" "$B/ggml/src/libggml-cpu.a" "$B/ggml/src/libggml-base.a" \
+  "${omp[@]}" -lpthread -ldl -o "$W/probe"
+printf 'Hello' >"$W/p-one.txt"
+ALP_DUMP="$W/ll-one.txt" ALP_KV_F32=1 ALP_FA=0 "$W/probe" "$Q" 1 "$T" <"$W/p-one.txt" >/dev/null 2>&1
+for f in "" --int8-activations; do
+  "$A" run -m "$Q" -f "$W/p-one.txt" --template raw --temp 0 -n 0 -t "$T" $f --dump-logits "$W/ours-one$f.json" >/dev/null
+done
+python3 - "$W" <<'PY'
+import json, sys
+w = sys.argv[1]
+ll = [float(l) for l in open(f"{w}/ll-one.txt")]
+for f in ["", "--int8-activations"]:
+    o = json.load(open(f"{w}/ours-one{f}.json"))["logits"][-1]
+    d = max(abs(a - b) for a, b in zip(ll, o))
+    print(f"alpaca {f or '(f32 activations)'}: max |logit difference| over {len(ll)} logits = {d:.3g}")
+PY
+echo "### llama.cpp against itself: greedy 64 tokens with other attention settings vs its default"
+for p in alpaca chatml code unicode; do
+  base=$("$W/probe" "$Q" 64 "$T" <"$W/p-$p.txt" 2>/dev/null)
+  for cfg in "ALP_FA=0" "ALP_KV_F32=1 ALP_FA=0"; do
+    other=$(env $cfg "$W/probe" "$Q" 64 "$T" <"$W/p-$p.txt" 2>/dev/null)
+    python3 - "$base" "$other" "$p [$cfg]" <<'PY'
+import json, sys
+a, b = (json.loads(s)["output_ids"] for s in sys.argv[1:3])
+n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+print(f"{sys.argv[3]}: " + ("64/64 equal" if n is None else f"first difference at step {n}"))
+PY
+  done
 done

@@ -203,8 +203,6 @@ pub fn run(a: RecipeArgs) -> Result<()> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    // matrixmultiply reads its thread count once, before the first product.
-    std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
     super::init_threads(Some(threads))?;
     eprintln!(
         "recipe {} -> {} ({threads} threads)",

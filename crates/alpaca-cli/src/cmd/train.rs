@@ -147,8 +147,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Some(n) => n,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    // matrixmultiply reads its thread count once, before the first product.
-    std::env::set_var("MATMUL_NUM_THREADS", threads.to_string());
     super::init_threads(Some(threads))?;
 
     let mut cfg = TrainConfig::new(a.model.clone(), a.data.clone(), a.out.clone());

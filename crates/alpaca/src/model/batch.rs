@@ -156,16 +156,16 @@ fn llama_step(m: &Llama, tokens: &[u32], caches: &mut [&mut KvCache]) -> Vec<f32
     logits
 }
 
-/// `y = x W^T` (+ the layer's LoRA adapter) for the `b` decode rows, through the fused
-/// row kernels: each weight row is read from memory once and dotted with every row.
+/// `y = x W^T` (+ the layer's LoRA adapter) for the `b` decode rows through
+/// [`kernels::matvec`]: one row through the fused row kernel, several through the multi-row
+/// kernels, which read and decode each weight block once for all rows and dot it with each.
 ///
-/// Not [`Linear::forward`]: from `GEMM_MIN_T` rows it takes the prompt GEMM, which
-/// dequantizes every weight into f32 panels first, a fixed cost (~230 ms per step for
-/// SmolLM2-135M on one thread) that only long prompts amortize. Measured per step on one
-/// thread: b=1 13 ms, b=8 88 ms here, against 246 ms through the GEMM. The fused kernels are
-/// compute bound (they unpack each block again for every row), so batching shares the
-/// memory reads but not the unpacking; a multi-row kernel that unpacks once belongs in
-/// `kernels`.
+/// Not [`Linear::forward`], so the step never takes the prompt GEMM (or another path chosen
+/// for prompts). Measured per step on one thread (SmolLM2-135M Q4_1, AMD EPYC with AVX-512,
+/// shared noisy core, `batch_step_timing`, same conditions, median of 3): before (fused row
+/// kernel per row) b=1 17.0 ms, b=2 29.4, b=4 56.8, b=8 125.9, b=16 243.2; with the
+/// multi-row kernels b=1 18.1, b=2 28.5, b=4 50.3, b=8 79.0, b=16 130.4 (8/1: 7.4x -> 4.4x).
+/// The floor is the f32 FMA work itself (8 rows = 8 FMAs per weight).
 fn linear(l: &Linear, x: &[f32], b: usize, y: &mut [f32]) {
     let w = &l.weight;
     if w.ty == crate::model::quant::GgmlType::Q8_0 && crate::model::int8::enabled() {

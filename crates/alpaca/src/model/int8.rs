@@ -126,7 +126,7 @@ pub fn quantize_scalar(x: &[f32], out: &mut [u8]) {
 /// 32 -> 16 -> 8 bit packs.
 #[inline(always)]
 fn cvt_pack(q: f32) -> i8 {
-    let i = if q.is_nan() || q >= 2147483648.0 || q < -2147483648.0 {
+    let i = if !(-2147483648.0..2147483648.0).contains(&q) {
         i32::MIN
     } else {
         q as i32
@@ -248,7 +248,18 @@ fn rows_block(
     let row = |r: usize| &data[(r0 + r) * rb..(r0 + r + 1) * rb];
     for r in 0..n {
         let w = row(r);
-        for (i, xi) in xq.chunks_exact(rb).enumerate() {
+        let mut i0 = 0;
+        #[cfg(target_arch = "x86_64")]
+        if level == Level::Avx512Vnni {
+            while i0 + 4 <= t {
+                let x4 = [0, 1, 2, 3].map(|k| &xq[(i0 + k) * rb..(i0 + k + 1) * rb]);
+                // SAFETY: VNNI was checked by the caller; all rows are `rb` bytes.
+                let y4 = unsafe { x86::dot4_vnni(w, x4) };
+                out[r * t + i0..r * t + i0 + 4].copy_from_slice(&y4);
+                i0 += 4;
+            }
+        }
+        for (i, xi) in xq.chunks_exact(rb).enumerate().skip(i0) {
             out[r * t + i] = match level {
                 Level::Scalar => dot_scalar(w, xi),
                 // SAFETY: the level was checked by the caller; lengths match.
@@ -388,6 +399,38 @@ mod x86 {
             acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), acc);
         }
         hsum256(acc)
+    }
+
+    /// One weight row against four activation rows: four independent accumulators, each
+    /// exactly [`dot_vnni`]'s, sharing the weight loads (prompts).
+    ///
+    /// # Safety
+    /// As [`dot_vnni`], for `w` and every row of `x`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    pub unsafe fn dot4_vnni(w: &[u8], x: [&[u8]; 4]) -> [f32; 4] {
+        let nb = w.len() / BLOCK_BYTES;
+        let wp = w.as_ptr();
+        let xp = x.map(|r| r.as_ptr());
+        let zero = _mm256_setzero_si256();
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut ds = [[0f32; SCALES]; 4];
+        for b in 0..nb {
+            if b % SCALES == 0 {
+                for k in 0..4 {
+                    block_scales(wp, xp[k], b, nb, &mut ds[k]);
+                }
+            }
+            let o = b * BLOCK_BYTES;
+            let qw = _mm256_loadu_si256(wp.add(o + 2) as *const __m256i);
+            let u = _mm256_sign_epi8(qw, qw);
+            for k in 0..4 {
+                let qx = _mm256_loadu_si256(xp[k].add(o + 2) as *const __m256i);
+                let dot = _mm256_dpbusd_epi32(zero, u, _mm256_sign_epi8(qx, qw));
+                let d = _mm256_set1_ps(ds[k][b % SCALES]);
+                acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(dot), acc[k]);
+            }
+        }
+        acc.map(|a| hsum256(a))
     }
 
     /// [`dot_avx2`] with the VNNI `dpbusd` integer dot (same lanes, same exact sums).

@@ -6,6 +6,8 @@
 //!   ([`block_sums`]) computed once per matrix-vector product. Hand-written AVX-512 and
 //!   AVX2+FMA versions live in `kernels_x86.rs`; the scalar versions here are the portable
 //!   fallback and the reference the fast ones are tested against.
+//! - Several decode tokens (`2 <= t < GEMM_MIN_T`): multi-row kernels (`kernels_multi.rs`)
+//!   decode each weight block once for all tokens and dot it with each of them.
 //! - Prompts (`t >= GEMM_MIN_T`): a GEMM tiled over 32 weight rows. Each tile is dequantized
 //!   once into a k-major `f32` panel (cache resident), then multiplied against blocks of
 //!   tokens by a register-blocked micro-kernel (12 tokens x 32 rows on AVX-512).
@@ -26,7 +28,7 @@ use crate::model::kernels_x86 as x86;
 
 #[path = "kernels_multi.rs"]
 mod multi;
-pub use multi::{matvec_multi, unpack_row_at};
+pub use multi::{matvec_fused_multi, matvec_multi, matvec_tiled, unpack_row_at};
 
 /// A fused row kernel: `(row bytes, x, block sums of x) -> W[r] . x`.
 ///
@@ -36,8 +38,11 @@ pub use multi::{matvec_multi, unpack_row_at};
 pub type RowDot = unsafe fn(&[u8], &[f32], &[f32]) -> f32;
 
 /// Below this many tokens, [`QMatrix::matmul`](crate::model::linear::QMatrix::matmul) uses
-/// row kernels per token; from it on, the tiled GEMM.
-pub const GEMM_MIN_T: usize = 4;
+/// [`matvec`] (multi-row kernels from 2 tokens); from it on, the tiled GEMM. Measured on one
+/// thread over one SmolLM2-135M layer (`multi_row_timing`): multi-row vs GEMM 527 vs
+/// 3196 us at t=8, 1024 vs 3498 at t=16, 2091 vs 4096 at t=32: the GEMM's up-front
+/// dequantization into panels only pays off for long prompts.
+pub const GEMM_MIN_T: usize = 32;
 
 /// Rows per GEMM panel.
 const NR: usize = 32;

@@ -8,8 +8,6 @@
 //! portable one, chosen at run time ([`simd_level`]). Parallel with rayon over blocks of the
 //! output; serial (no rayon) when the pool has one thread. Packing buffers are thread-local
 //! and reused, so steady-state calls do not allocate.
-//!
-//! [`gemm_quant`] runs the same GEMM with quantized weights (prompt processing).
 
 // BLAS-style signatures: the dimensions are the arguments.
 #![allow(clippy::too_many_arguments)]
@@ -18,9 +16,7 @@ use std::cell::Cell;
 
 use rayon::prelude::*;
 
-use crate::model::linear::dequant;
 use crate::model::ops::{hw_simd_level, simd_level, SimdLevel};
-use crate::model::quant::GgmlType;
 #[cfg(target_arch = "x86_64")]
 use crate::model::sgemm_x86 as x86;
 
@@ -191,6 +187,11 @@ pub fn sgemm_with(
     if m == 0 || n == 0 {
         return;
     }
+    if n < plan.nr && m > n {
+        // Narrow outputs (LoRA ranks) waste most of each register tile: `c^T = b^T a^T`.
+        let (at, bt, ct) = ((acs, ars), (bcs, brs), (ccs, crs));
+        return sgemm_with(plan, n, k, m, alpha, b, bt, a, at, beta, c, ct);
+    }
     let last = |r: usize, c: usize, rs: usize, cs: usize| (r - 1) * rs + (c - 1) * cs;
     if k > 0 {
         assert!(last(m, k, ars, acs) < a.len(), "sgemm: a too small");
@@ -254,7 +255,6 @@ struct Gemm {
 thread_local! {
     static PACK_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     static PACK_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-    static DEQUANT: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Run `f` on a 64-byte aligned slice of `len` values from a thread-local buffer. The buffer
@@ -346,7 +346,7 @@ impl Gemm {
                 return;
             }
             #[cfg(target_arch = "x86_64")]
-            if simd && w == nr && brs == 1 && nr % 8 == 0 {
+            if simd && w == nr && brs == 1 && nr.is_multiple_of(8) {
                 p0 = kb / 8 * 8;
                 for g in (0..nr).step_by(8) {
                     for p in (0..p0).step_by(8) {
@@ -402,7 +402,7 @@ impl Gemm {
                 continue;
             }
             #[cfg(target_arch = "x86_64")]
-            if self.p.simd && h == mr && acs == 1 && mr % 8 == 0 {
+            if self.p.simd && h == mr && acs == 1 && mr.is_multiple_of(8) {
                 p0 = kb / 8 * 8;
                 for g in (0..mr).step_by(8) {
                     for p in (0..p0).step_by(8) {
@@ -473,65 +473,6 @@ impl Gemm {
             }
         });
     }
-}
-
-/// Weight rows dequantized per step of [`gemm_quant`] (a multiple of every `nr`).
-const QUANT_ROWS: usize = 384;
-
-/// `y[t, rows] = x[t, cols] W^T` with `W` (`rows x cols`) in ggml type `ty`: blocks of
-/// [`QUANT_ROWS`] weight rows are dequantized into an `f32` scratch (L2/L3 resident) and
-/// multiplied by [`sgemm`]. Activations stay `f32`, so results equal the
-/// dequantize-then-`f32` reference up to summation order.
-pub fn gemm_quant(
-    ty: GgmlType,
-    data: &[u8],
-    rows: usize,
-    cols: usize,
-    x: &[f32],
-    t: usize,
-    y: &mut [f32],
-) {
-    let rb = ty.row_bytes(cols);
-    assert_eq!(data.len(), rows * rb);
-    assert_eq!(x.len(), t * cols);
-    assert_eq!(y.len(), t * rows);
-    if rows == 0 || t == 0 {
-        return;
-    }
-    let threads = rayon::current_num_threads();
-    let plan = plan(simd_level());
-    with_buf(&DEQUANT, QUANT_ROWS.min(rows) * cols, |w| {
-        for r0 in (0..rows).step_by(QUANT_ROWS) {
-            let nr = QUANT_ROWS.min(rows - r0);
-            let w = &mut w[..nr * cols];
-            let src = &data[r0 * rb..(r0 + nr) * rb];
-            let deq = |(o, r): (&mut [f32], &[u8])| dequant(ty, r, o);
-            if threads == 1 {
-                w.chunks_exact_mut(cols)
-                    .zip(src.chunks_exact(rb))
-                    .for_each(deq);
-            } else {
-                w.par_chunks_exact_mut(cols)
-                    .zip(src.par_chunks_exact(rb))
-                    .for_each(deq);
-            }
-            let yc = &mut y[r0..];
-            sgemm_with(
-                &plan,
-                t,
-                cols,
-                nr,
-                1.0,
-                x,
-                (cols, 1),
-                w,
-                (1, cols),
-                0.0,
-                yc,
-                (rows, 1),
-            );
-        }
-    });
 }
 
 #[cfg(test)]

@@ -156,6 +156,8 @@ fn sgemm_vs_matrixmultiply() {
         (576, 1536),
         (1536, 576),
         (576, 49152),
+        (576, 16),
+        (16, 576),
     ] {
         for layout in 0..3u8 {
             // nt: y[m,n] = x[m,k] w[n,k]^T; nn: dx[m,k] = dy[m,n] w[n,k]; tn: dw[n,k] = dy^T x.
@@ -224,33 +226,6 @@ fn sgemm_vs_matrixmultiply() {
                 ["nt", "nn", "tn"][layout as usize],
                 ours.join(" | ")
             );
-        }
-    }
-}
-
-#[test]
-fn gemm_quant_matches_dequantized_reference() {
-    use crate::model::linear::QMatrix;
-    let mut rng = Lcg(5);
-    let (rows, cols, t) = (397, 256, 9);
-    let w = rng.vec(rows * cols);
-    let x = rng.vec(t * cols);
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_1, GgmlType::Q4K, GgmlType::F16] {
-        let q = QMatrix::from_f32("w", ty, rows, cols, &w).unwrap();
-        let wf = q.to_f32();
-        let mut y = vec![f32::NAN; t * rows];
-        gemm_quant(ty, q.data.bytes(), rows, cols, &x, t, &mut y);
-        for i in 0..t {
-            for r in 0..rows {
-                let want: f64 = (0..cols)
-                    .map(|p| x[i * cols + p] as f64 * wf[r * cols + p] as f64)
-                    .sum();
-                let got = y[i * rows + r] as f64;
-                assert!(
-                    (got - want).abs() < 1e-4,
-                    "{ty:?} ({i},{r}): {got} vs {want}"
-                );
-            }
         }
     }
 }
