@@ -13,7 +13,6 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::attention::{attention, KvCache};
-use crate::model::kernels;
 use crate::model::linear::Linear;
 use crate::model::llama::Llama;
 use crate::model::ops::{rms_norm, rope_angles, rope_normal, swiglu};
@@ -157,8 +156,9 @@ fn llama_step(m: &Llama, tokens: &[u32], caches: &mut [&mut KvCache]) -> Vec<f32
 }
 
 /// `y = x W^T` (+ the layer's LoRA adapter) for the `b` decode rows through
-/// [`kernels::matvec`]: one row through the fused row kernel, several through the multi-row
-/// kernels, which read and decode each weight block once for all rows and dot it with each.
+/// [`QMatrix::matmul_rows`](crate::model::linear::QMatrix::matmul_rows): one row through the
+/// fused row kernel, several through the multi-row kernels, which read and decode each
+/// weight block once for all rows and dot it with each.
 ///
 /// Not [`Linear::forward`], so the step never takes the prompt GEMM (or another path chosen
 /// for prompts). Measured per step on one thread (SmolLM2-135M Q4_1, AMD EPYC with AVX-512,
@@ -167,24 +167,7 @@ fn llama_step(m: &Llama, tokens: &[u32], caches: &mut [&mut KvCache]) -> Vec<f32
 /// multi-row kernels b=1 18.1, b=2 28.5, b=4 50.3, b=8 79.0, b=16 130.4 (8/1: 7.4x -> 4.4x).
 /// The floor is the f32 FMA work itself (8 rows = 8 FMAs per weight).
 fn linear(l: &Linear, x: &[f32], b: usize, y: &mut [f32]) {
-    let w = &l.weight;
-    if w.ty == crate::model::quant::GgmlType::Q8_0 && crate::model::int8::enabled() {
-        crate::model::int8::matmul_q8_0(w.data.bytes(), w.rows, w.cols, x, b, y);
-        if let Some(lora) = &l.lora {
-            lora.apply(x, b, y);
-        }
-        return;
-    }
-    kernels::matvec(
-        kernels::default_level(),
-        w.ty,
-        w.data.bytes(),
-        w.rows,
-        w.cols,
-        x,
-        b,
-        y,
-    );
+    l.weight.matmul_rows(x, b, y);
     if let Some(lora) = &l.lora {
         lora.apply(x, b, y);
     }

@@ -118,17 +118,31 @@ impl QMatrix {
     /// `y` (`t x rows`). Fused dequantize + dot per weight row for few tokens, a tiled GEMM
     /// over dequantized panels for prompts (see [`kernels`]). Parallel over weight rows.
     pub fn matmul(&self, x: &[f32], t: usize, y: &mut [f32]) {
-        if self.ty == GgmlType::Q8_0 && crate::model::int8::enabled() {
-            let d = self.data.bytes();
-            return crate::model::int8::matmul_q8_0(d, self.rows, self.cols, x, t, y);
-        }
-        let level = kernels::default_level();
-        let data = self.data.bytes();
-        if t >= kernels::GEMM_MIN_T {
+        if t >= kernels::GEMM_MIN_T && !self.int8() {
+            let data = self.data.bytes();
+            let level = kernels::default_level();
             kernels::gemm(level, self.ty, data, self.rows, self.cols, x, t, y);
         } else {
+            self.matmul_rows(x, t, y);
+        }
+    }
+
+    /// [`matmul`](Self::matmul) without the prompt GEMM, whatever `t`: the row kernels (one
+    /// token fused, several through the multi-row kernels), or llama.cpp's int8 Q8_0 products
+    /// under `--int8-activations`. The batched decode step uses it.
+    pub fn matmul_rows(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        let data = self.data.bytes();
+        if self.int8() {
+            crate::model::int8::matmul_q8_0(data, self.rows, self.cols, x, t, y);
+        } else {
+            let level = kernels::default_level();
             kernels::matvec(level, self.ty, data, self.rows, self.cols, x, t, y);
         }
+    }
+
+    /// Whether products with this matrix take the int8-activation path.
+    fn int8(&self) -> bool {
+        self.ty == GgmlType::Q8_0 && crate::model::int8::enabled()
     }
 }
 

@@ -12,22 +12,7 @@
 // BLAS-style signatures: the dimensions are the arguments.
 #![allow(clippy::too_many_arguments)]
 
-/// `c[m,n] = alpha * a[m,k] b[k,n] + beta * c`, with explicit row/column strides.
-pub fn sgemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: &[f32],
-    a_st: (usize, usize),
-    b: &[f32],
-    b_st: (usize, usize),
-    beta: f32,
-    c: &mut [f32],
-    c_st: (usize, usize),
-) {
-    crate::model::sgemm::sgemm(m, k, n, alpha, a, a_st, b, b_st, beta, c, c_st);
-}
+pub use crate::model::sgemm::sgemm;
 
 fn beta(acc: bool) -> f32 {
     if acc {
