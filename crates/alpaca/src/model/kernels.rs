@@ -251,6 +251,22 @@ thread_local! {
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
+/// The shapes every matrix product here relies on (its unsafe code indexes by them):
+/// `data` holds `rows` rows of `cols` values in `ty`, `x` is `t x cols`, `y` is `t x rows`.
+pub(super) fn check_shapes(
+    ty: GgmlType,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    t: usize,
+    y: &[f32],
+) {
+    assert_eq!(data.len(), rows * ty.row_bytes(cols));
+    assert_eq!(x.len(), t * cols);
+    assert_eq!(y.len(), t * rows);
+}
+
 /// `y[i, r] = W[r] . x[i]` for `t` decode tokens, weights `data` of `rows` rows of `cols`
 /// values in `ty`: one token through the fused row kernels ([`matvec_fused`]), several
 /// through the multi-row kernels ([`matvec_multi`]: each row decoded once for all tokens).
@@ -266,9 +282,7 @@ pub fn matvec(
     t: usize,
     y: &mut [f32],
 ) {
-    assert_eq!(data.len(), rows * ty.row_bytes(cols));
-    assert_eq!(x.len(), t * cols);
-    assert_eq!(y.len(), t * rows);
+    check_shapes(ty, data, rows, cols, x, t, y);
     if t >= 2 {
         matvec_multi(level, ty, data, rows, cols, x, t, y)
     } else {
@@ -289,9 +303,7 @@ pub fn matvec_fused(
     t: usize,
     y: &mut [f32],
 ) {
-    assert_eq!(data.len(), rows * ty.row_bytes(cols));
-    assert_eq!(x.len(), t * cols);
-    assert_eq!(y.len(), t * rows);
+    check_shapes(ty, data, rows, cols, x, t, y);
     let kern = row_kernel(level, ty);
     let nb = cols.div_ceil(32);
     let rb = ty.row_bytes(cols);
@@ -363,9 +375,7 @@ pub fn gemm(
     t: usize,
     y: &mut [f32],
 ) {
-    assert_eq!(data.len(), rows * ty.row_bytes(cols));
-    assert_eq!(x.len(), t * cols);
-    assert_eq!(y.len(), t * rows);
+    check_shapes(ty, data, rows, cols, x, t, y);
     let level = level.min(hw_simd_level());
     let mr_max = match level {
         SimdLevel::Avx512 => MR_512,

@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 
-use super::{available, par_rows, OutPtr};
+use super::{available, check_shapes, par_rows, OutPtr};
 use crate::model::ops::{dispatch, hw_simd_level, SimdLevel};
 use crate::model::quant::{dequantize_row, GgmlType};
 
@@ -204,9 +204,7 @@ pub fn matvec_fused_multi(
     t: usize,
     y: &mut [f32],
 ) {
-    assert_eq!(data.len(), rows * ty.row_bytes(cols));
-    assert_eq!(x.len(), t * cols);
-    assert_eq!(y.len(), t * rows);
+    check_shapes(ty, data, rows, cols, x, t, y);
     let level = level.min(hw_simd_level());
     #[cfg(target_arch = "x86_64")]
     if let Some(k) = fused_kernel(level, ty, cols) {
@@ -254,9 +252,7 @@ pub fn matvec_tiled(
     t: usize,
     y: &mut [f32],
 ) {
-    assert_eq!(data.len(), rows * ty.row_bytes(cols));
-    assert_eq!(x.len(), t * cols);
-    assert_eq!(y.len(), t * rows);
+    check_shapes(ty, data, rows, cols, x, t, y);
     let level = level.min(hw_simd_level());
     let un = unpacker(level, ty);
     let ((rt, gt), tile) = tile_kernel(level);
