@@ -85,6 +85,20 @@ pub struct SamplingArgs {
     /// Repetition penalty over the last 64 tokens (1 = off)
     #[arg(long = "repeat-penalty", default_value_t = 1.0)]
     pub repeat_penalty: f32,
+    /// Subtract this times a token's count in the last 64 tokens from its logit (OpenAI's frequency_penalty, -2..2)
+    #[arg(
+        long = "frequency-penalty",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
+    pub frequency_penalty: f32,
+    /// Subtract this from the logit of every token seen in the last 64 tokens (OpenAI's presence_penalty, -2..2)
+    #[arg(
+        long = "presence-penalty",
+        default_value_t = 0.0,
+        allow_hyphen_values = true
+    )]
+    pub presence_penalty: f32,
     /// Random seed [default: from the clock]
     #[arg(long = "seed")]
     pub seed: Option<u64>,
@@ -111,6 +125,8 @@ impl SamplingArgs {
             min_p: self.min_p,
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: 64,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
             seed,
         }
     }

@@ -220,6 +220,20 @@ pub fn parse_request(
         }
         sampler.repeat_penalty = r as f32;
     }
+    for (name, slot) in [
+        ("frequency_penalty", &mut sampler.frequency_penalty),
+        ("presence_penalty", &mut sampler.presence_penalty),
+    ] {
+        if let Some(v) = opt_num(&o, name)? {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("{name} must be between -2 and 2, got {v}."),
+                ));
+            }
+            *slot = v as f32;
+        }
+    }
     let seed = opt_int(&o, "seed")?;
     if let Some(s) = seed {
         sampler.seed = s as u64;
@@ -553,9 +567,12 @@ mod tests {
             r#"{"model":"x","messages":[{"role":"system","content":"be brief"},
                {"role":"user","content":[{"type":"text","text":"hi"}]}],
                "temperature":0.5,"top_p":0.9,"max_tokens":20,"stop":"\n","seed":7,
-               "stream":true,"stream_options":{"include_usage":true},"n":1}"#,
+               "stream":true,"stream_options":{"include_usage":true},"n":1,
+               "frequency_penalty":0.5,"presence_penalty":-0.25}"#,
         )
         .expect("valid");
+        assert_eq!(r.sampler.frequency_penalty, 0.5);
+        assert_eq!(r.sampler.presence_penalty, -0.25);
         assert_eq!(
             r.prompt,
             PromptSpec::Messages(vec![
@@ -607,6 +624,14 @@ mod tests {
             (
                 r#"{"messages":[{"role":"user","content":"a"}],"stream":"yes"}"#,
                 Some("stream"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"frequency_penalty":3}"#,
+                Some("frequency_penalty"),
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"a"}],"presence_penalty":"x"}"#,
+                Some("presence_penalty"),
             ),
             (
                 r#"{"messages":[{"role":"user"}, {"content":"x"}]}"#,

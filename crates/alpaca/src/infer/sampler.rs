@@ -1,7 +1,7 @@
 //! Choosing the next token from logits: greedy, or temperature sampling filtered by top-k,
-//! top-p (nucleus) and min-p, after a repetition penalty.
+//! top-p (nucleus) and min-p, after repetition, frequency and presence penalties.
 //!
-//! Order of operations (as llama.cpp's default chain): repetition penalty, then greedy when
+//! Order of operations (as llama.cpp's default chain): penalties, then greedy when
 //! temperature is 0, else top-k, softmax at temperature, top-p, min-p, and a draw. The RNG is
 //! our own SplitMix64 so a seed gives the same tokens on every platform and version.
 
@@ -21,8 +21,12 @@ pub struct SamplerConfig {
     pub min_p: f32,
     /// Divide positive (multiply negative) logits of recently seen tokens; 1.0 = off.
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalty looks at.
+    /// How many recent tokens the penalties look at.
     pub repeat_last_n: usize,
+    /// OpenAI's `frequency_penalty`: subtract this times a token's count in the window; 0 = off.
+    pub frequency_penalty: f32,
+    /// OpenAI's `presence_penalty`: subtract this once from every token in the window; 0 = off.
+    pub presence_penalty: f32,
     pub seed: u64,
 }
 
@@ -35,6 +39,8 @@ impl Default for SamplerConfig {
             min_p: 0.0,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 0,
         }
     }
@@ -55,6 +61,16 @@ impl SamplerConfig {
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
             return bad("repeat penalty must be > 0");
         }
+        for (name, v) in [
+            ("frequency penalty", self.frequency_penalty),
+            ("presence penalty", self.presence_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(Error::InvalidArgument(format!(
+                    "{name} must be between -2 and 2, got {v}"
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -66,6 +82,8 @@ pub struct Sampler {
     rng: Rng,
     /// Scratch: candidate (id, logit/probability) pairs, reused across tokens.
     cand: Vec<(u32, f32)>,
+    /// Scratch: the penalty window, sorted.
+    seen: Vec<u32>,
 }
 
 impl Sampler {
@@ -75,6 +93,7 @@ impl Sampler {
             cfg,
             rng,
             cand: Vec::new(),
+            seen: Vec::new(),
         }
     }
 
@@ -82,18 +101,27 @@ impl Sampler {
     /// `logits` may be modified.
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let c = &self.cfg;
-        if c.repeat_penalty != 1.0 {
+        if c.repeat_penalty != 1.0 || c.frequency_penalty != 0.0 || c.presence_penalty != 0.0 {
+            // Distinct tokens of the window with their counts (llama.cpp's penalties sampler:
+            // the last `repeat_last_n` tokens of the context, prompt included).
             let start = history.len().saturating_sub(c.repeat_last_n);
-            let mut seen: Vec<u32> = history[start..].to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for &t in &seen {
+            self.seen.clear();
+            self.seen.extend_from_slice(&history[start..]);
+            self.seen.sort_unstable();
+            let mut i = 0;
+            while i < self.seen.len() {
+                let t = self.seen[i];
+                let n = self.seen[i..].iter().take_while(|&&x| x == t).count();
+                i += n;
                 if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 {
-                        *l / c.repeat_penalty
-                    } else {
-                        *l * c.repeat_penalty
-                    };
+                    if c.repeat_penalty != 1.0 {
+                        *l = if *l > 0.0 {
+                            *l / c.repeat_penalty
+                        } else {
+                            *l * c.repeat_penalty
+                        };
+                    }
+                    *l -= n as f32 * c.frequency_penalty + c.presence_penalty;
                 }
             }
         }
@@ -248,6 +276,34 @@ mod tests {
     }
 
     #[test]
+    fn frequency_and_presence_penalties_follow_openai() {
+        // logit -= count * frequency + presence, for tokens in the window only.
+        let mut s = Sampler::new(SamplerConfig {
+            frequency_penalty: 0.5,
+            presence_penalty: 0.25,
+            ..Default::default()
+        });
+        let mut l = vec![3.0, 2.0, 1.0, 0.5];
+        s.sample(&mut l, &[0, 2, 0, 0]);
+        assert_eq!(l, vec![3.0 - 1.5 - 0.25, 2.0, 1.0 - 0.5 - 0.25, 0.5]);
+        // The window is the last `repeat_last_n` tokens.
+        let mut s = Sampler::new(SamplerConfig {
+            presence_penalty: 1.0,
+            repeat_last_n: 2,
+            ..Default::default()
+        });
+        let mut l = vec![3.0, 2.5, 1.0];
+        assert_eq!(s.sample(&mut l, &[1, 0, 2]), 1);
+        assert_eq!(l, vec![2.0, 2.5, 0.0]);
+        // A negative frequency penalty encourages repetition.
+        let mut s = Sampler::new(SamplerConfig {
+            frequency_penalty: -1.0,
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&mut vec![2.0, 1.5], &[1]), 1);
+    }
+
+    #[test]
     fn invalid_settings_are_rejected() {
         for cfg in [
             SamplerConfig {
@@ -264,6 +320,14 @@ mod tests {
             },
             SamplerConfig {
                 repeat_penalty: 0.0,
+                ..Default::default()
+            },
+            SamplerConfig {
+                frequency_penalty: 2.5,
+                ..Default::default()
+            },
+            SamplerConfig {
+                presence_penalty: f32::NAN,
                 ..Default::default()
             },
         ] {
