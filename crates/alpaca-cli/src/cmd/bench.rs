@@ -39,8 +39,9 @@ pub struct BenchArgs {
     /// Print a JSON array instead of a table
     #[arg(long = "json")]
     pub json: bool,
-    /// Q8_0 weights: quantize activations to 8 bits and use integer dot products, like
-    /// llama.cpp (faster on some CPUs, logits differ slightly from the f32 reference)
+    /// Follow llama.cpp's CPU arithmetic: Q8_0 weights multiply 8-bit activations with
+    /// integer dots; LLaMA models also take ggml's RoPE, RMSNorm, SwiGLU, an f16 KV cache and
+    /// flash attention (parity with llama.cpp, not speed; logits move off the f32 reference)
     #[arg(long = "int8-activations")]
     pub int8_activations: bool,
 }

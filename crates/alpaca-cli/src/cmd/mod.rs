@@ -31,8 +31,9 @@ pub struct ModelArgs {
     /// LoRA adapter to apply: a run directory of `alpaca train` or a PEFT adapter directory
     #[arg(long = "lora")]
     pub lora: Option<PathBuf>,
-    /// Q8_0 weights: quantize activations to 8 bits and use integer dot products, like
-    /// llama.cpp (faster on some CPUs, logits differ slightly from the f32 reference)
+    /// Follow llama.cpp's CPU arithmetic: Q8_0 weights multiply 8-bit activations with
+    /// integer dots; LLaMA models also take ggml's RoPE, RMSNorm, SwiGLU, an f16 KV cache and
+    /// flash attention (parity with llama.cpp, not speed; logits move off the f32 reference)
     #[arg(long = "int8-activations")]
     pub int8_activations: bool,
 }

@@ -13,10 +13,10 @@
 //! `d` model width, `hd` head dim, `nh`/`nkv` query/key-value heads, `f` feed-forward width.
 
 use crate::error::{Error, Result};
-use crate::model::attention::{attention, AttnShape, KvCache};
+use crate::model::attention::{AttnShape, KvCache};
+use crate::model::ggml_compat::{round_f16, LlamaOps};
 use crate::model::gguf::Gguf;
 use crate::model::linear::{Linear, QMatrix};
-use crate::model::ops::{rms_norm, rope_angles, rope_normal, swiglu};
 use crate::model::quant::dequantize_row;
 
 // ------------------------------------------------------------------------------------------
@@ -252,6 +252,8 @@ impl Llama {
         n_logits: usize,
     ) -> Result<Vec<f32>> {
         let c = &self.cfg;
+        // The default engine's ops, or llama.cpp's arithmetic under --int8-activations.
+        let ops = LlamaOps::current();
         let t = tokens.len();
         let pos0 = cache.len();
         if t == 0 {
@@ -307,7 +309,7 @@ impl Llama {
         // RoPE tables for the batch positions: [t, rope_dim/2] each.
         for i in 0..t {
             let s = i * half..(i + 1) * half;
-            rope_angles(
+            (ops.rope_angles)(
                 pos0 + i,
                 c.rope_dim,
                 c.rope_base,
@@ -320,7 +322,7 @@ impl Llama {
         for (l, b) in self.blocks.iter().enumerate() {
             // --- attention
             for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                rms_norm(xr, &b.attn_norm, c.rms_eps, hr);
+                (ops.rms_norm)(xr, &b.attn_norm, c.rms_eps, hr);
             }
             b.wq.forward(h, t, q);
             b.wk.forward(h, t, k);
@@ -331,24 +333,28 @@ impl Llama {
                     &sin[i * half..(i + 1) * half],
                 );
                 for head in q[i * qd..(i + 1) * qd].chunks_exact_mut(hd) {
-                    rope_normal(&mut head[..c.rope_dim], cs, sn);
+                    (ops.rope)(&mut head[..c.rope_dim], cs, sn);
                 }
                 for head in k[i * kvd..(i + 1) * kvd].chunks_exact_mut(hd) {
-                    rope_normal(&mut head[..c.rope_dim], cs, sn);
+                    (ops.rope)(&mut head[..c.rope_dim], cs, sn);
                 }
             }
+            if ops.f16_cache {
+                round_f16(k);
+                round_f16(v);
+            }
             cache.push(l, k, v);
-            attention(q, cache.keys(l), cache.values(l), pos0, t, shape, att);
+            (ops.attention)(q, cache.keys(l), cache.values(l), pos0, t, shape, att);
             b.wo.forward(att, t, proj);
             x.iter_mut().zip(proj.iter()).for_each(|(a, p)| *a += p);
 
             // --- feed-forward (SwiGLU)
             for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                rms_norm(xr, &b.ffn_norm, c.rms_eps, hr);
+                (ops.rms_norm)(xr, &b.ffn_norm, c.rms_eps, hr);
             }
             b.w_gate.forward(h, t, gate);
             b.w_up.forward(h, t, up);
-            swiglu(gate, up);
+            (ops.swiglu)(gate, up);
             b.w_down.forward(gate, t, proj);
             x.iter_mut().zip(proj.iter()).for_each(|(a, p)| *a += p);
         }
@@ -356,7 +362,7 @@ impl Llama {
 
         // --- head: logits for the last n tokens, [n, vocab]
         for (hr, xr) in hn.chunks_exact_mut(d).zip(x[(t - n) * d..].chunks_exact(d)) {
-            rms_norm(xr, &self.output_norm, c.rms_eps, hr);
+            (ops.rms_norm)(xr, &self.output_norm, c.rms_eps, hr);
         }
         let mut logits = vec![0f32; n * c.vocab_size];
         self.output.forward(hn, n, &mut logits);

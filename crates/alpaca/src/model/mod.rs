@@ -7,6 +7,7 @@ pub mod attention;
 pub mod batch;
 pub mod fresh;
 pub mod gemma3;
+pub mod ggml_compat;
 pub mod gguf;
 pub mod hf;
 pub mod int8;
