@@ -8,6 +8,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
+use crate::model::attention_tiled::{attention_tiled, MIN_TOKENS};
 use crate::model::ops::{dispatch, dot_inline, softmax};
 
 /// Activation buffers of a forward pass, kept between calls (owned by the [`KvCache`]) so
@@ -124,8 +125,27 @@ pub struct AttnShape {
 
 /// Causal attention for `t` new queries whose first position is `pos0`, against keys and
 /// values for positions `0..pos0 + t` (`keys`/`values`: `[position][n_kv_heads * head_dim]`).
-/// `q`: `t x n_heads * head_dim`; `out`: same shape.
+/// `q`: `t x n_heads * head_dim`; `out`: same shape. Batches of at least [`MIN_TOKENS`]
+/// (prompts) take the tiled path of [`attention_tiled`]; shorter ones (decoding) the
+/// per-token one, [`attention_per_token`].
 pub fn attention(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    pos0: usize,
+    t: usize,
+    s: AttnShape,
+    out: &mut [f32],
+) {
+    if t >= MIN_TOKENS {
+        attention_tiled(q, keys, values, pos0, t, s, out);
+    } else {
+        attention_per_token(q, keys, values, pos0, t, s, out);
+    }
+}
+
+/// [`attention`] one query token at a time (the whole score row of each, then softmax).
+pub fn attention_per_token(
     q: &[f32],
     keys: &[f32],
     values: &[f32],

@@ -4,6 +4,7 @@
 //! model is built from one weights source (today GGUF) and exposes one `forward`.
 
 pub mod attention;
+pub mod attention_tiled;
 pub mod batch;
 pub mod fresh;
 pub mod gemma3;
