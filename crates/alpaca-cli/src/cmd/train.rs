@@ -136,6 +136,28 @@ fn parse_targets(s: &str) -> Result<[bool; 7]> {
     Ok(t)
 }
 
+/// Keep freed heap memory in the process: every micro-batch allocates and frees the same
+/// large buffers (activations, logits, dequantized weights), and with glibc's defaults each
+/// one is a fresh `mmap` whose pages fault in again, then go back to the kernel (about 9% of
+/// a LoRA step in a profile). Peak memory is unchanged; only its reuse is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn keep_freed_memory() {
+    extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+    }
+    const M_TRIM_THRESHOLD: i32 = -1;
+    const M_MMAP_MAX: i32 = -4;
+    // SAFETY: glibc's `mallopt` only tunes the allocator; called before the training threads
+    // allocate anything large. A rejected setting (return 0) just keeps the default.
+    unsafe {
+        mallopt(M_TRIM_THRESHOLD, i32::MAX);
+        mallopt(M_MMAP_MAX, 0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn keep_freed_memory() {}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     match a.device.as_str() {
         "cpu" => {}
@@ -148,6 +170,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     super::init_threads(Some(threads))?;
+    keep_freed_memory();
 
     let mut cfg = TrainConfig::new(a.model.clone(), a.data.clone(), a.out.clone());
     cfg.method = if a.full {

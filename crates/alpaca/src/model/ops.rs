@@ -177,6 +177,52 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
+/// `exp(x)` without a libm call, so loops over it vectorize (Cephes `expf`): `x = k ln2 + r`
+/// (Cody-Waite, two-part `ln2`), a degree-6 polynomial for `exp(r)` on `|r| <= ln2/2`, and
+/// `2^k` built in the exponent bits. Relative error about 2e-7; the input is clamped to
+/// `[-87.3, 88.3]` (so tiny results are `1.2e-38`, not denormals or 0).
+#[inline(always)]
+pub fn exp_poly(x: f32) -> f32 {
+    let x = x.clamp(-87.336_54, 88.3);
+    let k = x.mul_add(std::f32::consts::LOG2_E, 0.5).floor();
+    let r = k.mul_add(-0.693_359_4, x);
+    let r = k.mul_add(2.121_944_4e-4, r);
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 0.166_666_65);
+    p = p.mul_add(r, 0.5);
+    let e = p.mul_add(r * r, r) + 1.0;
+    e * f32::from_bits(((k as i32 + 127) as u32) << 23)
+}
+
+dispatch!(exp_shift_sum(x: &mut [f32], shift: f32) -> f64 {
+    // `x[i] = exp(x[i] - shift)`; returns the sum (16 f32 lanes per 1024 values, then f64).
+    let mut total = 0f64;
+    for block in x.chunks_mut(1024) {
+        let mut acc = [0f32; 16];
+        let mut lanes = block.chunks_exact_mut(16);
+        for c in &mut lanes {
+            for i in 0..16 {
+                c[i] = exp_poly(c[i] - shift);
+                acc[i] += c[i];
+            }
+        }
+        let mut s = 0f32;
+        for v in lanes.into_remainder() {
+            *v = exp_poly(*v - shift);
+            s += *v;
+        }
+        total += (hsum16(&acc) + s) as f64;
+    }
+    total
+});
+
+dispatch!(scale_in_place(x: &mut [f32], s: f32) -> () {
+    x.iter_mut().for_each(|v| *v *= s);
+});
+
 /// SiLU (swish): `x * sigmoid(x)`.
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
@@ -189,6 +235,24 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
         *g = silu(*g) * u;
     }
 }
+
+dispatch!(swiglu_into(g: &[f32], up: &[f32], out: &mut [f32]) -> () {
+    // `out = silu(g) * up`, vectorized ([`exp_poly`]).
+    for ((o, &g), &u) in out.iter_mut().zip(g).zip(up) {
+        *o = g / (1.0 + exp_poly(-g)) * u;
+    }
+});
+
+dispatch!(swiglu_backward(g: &[f32], up: &[f32], dact: &[f32], dg: &mut [f32], dup: &mut [f32]) -> () {
+    // From `dact = dL/d(silu(g) * up)`: `dup = dact silu(g)`,
+    // `dg = dact up silu'(g)`, `silu'(g) = s (1 + g (1 - s))`, `s = sigmoid(g)`.
+    for (i, (dgi, dui)) in dg.iter_mut().zip(dup.iter_mut()).enumerate() {
+        let (x, d) = (g[i], dact[i]);
+        let s = 1.0 / (1.0 + exp_poly(-x));
+        *dui = d * x * s;
+        *dgi = d * up[i] * s * (1.0 + x * (1.0 - s));
+    }
+});
 
 /// GELU, tanh approximation (as used by Gemma's GeGLU).
 #[inline(always)]
@@ -247,6 +311,22 @@ mod tests {
             assert!((a[2 * i] - b[i]).abs() < 1e-6);
             assert!((a[2 * i + 1] - b[i + d / 2]).abs() < 1e-6);
         }
+    }
+
+    #[test]
+    fn exp_poly_matches_libm() {
+        // The documented range (below -87.3 the result stays at 2^-126).
+        for i in -1990..=2000 {
+            let x = i as f32 * 0.0437;
+            let (a, b) = (exp_poly(x), x.exp());
+            assert!((a - b).abs() <= 4e-7 * b, "x={x}: {a} vs {b}");
+        }
+        assert!(exp_poly(-1e4) < 1.2e-38 && exp_poly(-1e4) >= 0.0);
+        let mut v: Vec<f32> = (0..1037).map(|i| (i as f32 * 0.01).sin()).collect();
+        let want: f64 = v.iter().map(|&z| ((z - 1.0) as f64).exp()).sum();
+        let got = exp_shift_sum(&mut v, 1.0);
+        assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
+        assert!((v[5] - (0.05f32.sin() - 1.0).exp()).abs() < 1e-6);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use super::model::{Norm, Weight};
 use crate::error::{Error, Result};
 use crate::model::attention::AttnShape;
 use crate::model::ops::{
-    dot, gelu_tanh, rms_norm, rope_angles, rope_neox, rope_normal, silu, softmax,
+    dot, exp_shift_sum, gelu_tanh, rms_norm, rope_angles, rope_neox, rope_normal, scale_in_place,
+    silu, softmax, swiglu_backward, swiglu_into,
 };
 
 // ------------------------------------------------------------------------------------------
@@ -184,6 +185,13 @@ fn first_key(i: usize, a: &AttnShape) -> usize {
     }
 }
 
+/// Query rows per block of the causal products (`lo..hi`, in order): a block needs only
+/// the keys `..hi`, so the products do about `(1 + 1/blocks) / 2` of the full `L x L` work.
+fn causal_blocks(len: usize) -> impl Iterator<Item = (usize, usize)> {
+    const BQ: usize = 64;
+    (0..len).step_by(BQ).map(move |i0| (i0, (i0 + BQ).min(len)))
+}
+
 /// `scale * Q K^T` for one (sequence, head), `[L, L]`.
 fn scores(qh: &[f32], kh: &[f32], len: usize, a: &AttnShape) -> Vec<f32> {
     let (qd, kvd, hd) = (
@@ -234,12 +242,24 @@ pub fn attention_forward(
             let (start, len) = seqs[s];
             let g = h / group;
             let vh = &v[start * kvd + g * hd..];
-            let mut p = scores(
-                &q[start * qd + h * hd..],
-                &k[start * kvd + g * hd..],
-                len,
-                &a,
-            );
+            let (qh, kh) = (&q[start * qd + h * hd..], &k[start * kvd + g * hd..]);
+            // Causal: a block of query rows needs only the keys up to its last row.
+            let mut p = vec![0f32; len * len];
+            for (i0, i1) in causal_blocks(len) {
+                gemm::sgemm(
+                    i1 - i0,
+                    hd,
+                    i1,
+                    a.scale,
+                    &qh[i0 * qd..],
+                    (qd, 1),
+                    kh,
+                    (1, kvd),
+                    0.0,
+                    &mut p[i0 * len..],
+                    (len, 1),
+                );
+            }
             for (i, row) in p.chunks_exact_mut(len).enumerate() {
                 let lo = first_key(i, &a);
                 if let Some(cap) = a.softcap {
@@ -252,19 +272,21 @@ pub fn attention_forward(
                 row[i + 1..].fill(0.0);
             }
             let mut o = vec![0f32; len * hd]; // [L, hd]
-            gemm::sgemm(
-                len,
-                len,
-                hd,
-                1.0,
-                &p,
-                (len, 1),
-                vh,
-                (kvd, 1),
-                0.0,
-                &mut o,
-                (hd, 1),
-            );
+            for (i0, i1) in causal_blocks(len) {
+                gemm::sgemm(
+                    i1 - i0,
+                    i1,
+                    hd,
+                    1.0,
+                    &p[i0 * len..],
+                    (len, 1),
+                    vh,
+                    (kvd, 1),
+                    0.0,
+                    &mut o[i0 * hd..],
+                    (hd, 1),
+                );
+            }
             (p, o)
         })
         .collect();
@@ -320,83 +342,85 @@ pub fn attention_backward(
                 let p = &probs[s * a.n_heads + h]; // [L, L]
                 let doh = &datt[start * qd + h * hd..]; // [L, hd] stride qd
                 let qh = &q[start * qd + h * hd..];
-                // dV += P^T dO
-                gemm::sgemm(
-                    len,
-                    len,
-                    hd,
-                    1.0,
-                    p,
-                    (1, len),
-                    doh,
-                    (qd, 1),
-                    1.0,
-                    &mut dvh,
-                    (hd, 1),
-                );
-                // dP = dO V^T  [L, L]
-                gemm::sgemm(
-                    len,
-                    hd,
-                    len,
-                    1.0,
-                    doh,
-                    (qd, 1),
-                    vh,
-                    (1, kvd),
-                    0.0,
-                    &mut dp,
-                    (len, 1),
-                );
-                // dS = P * (dP - rowsum(P * dP)) [* (1 - tanh^2) under a soft-cap] * scale
                 let raw = a.softcap.map(|_| scores(qh, kh, len, &a));
-                for (i, (dr, pr)) in dp
-                    .chunks_exact_mut(len)
-                    .zip(p.chunks_exact(len))
-                    .enumerate()
-                {
-                    let lo = first_key(i, &a);
-                    let s: f32 = (lo..=i).map(|j| dr[j] * pr[j]).sum();
-                    for j in lo..=i {
-                        dr[j] = pr[j] * (dr[j] - s) * a.scale;
-                    }
-                    if let (Some(cap), Some(raw)) = (a.softcap, &raw) {
-                        for j in lo..=i {
-                            let t = (raw[i * len + j] / cap).tanh();
-                            dr[j] *= 1.0 - t * t;
-                        }
-                    }
-                    dr[..lo].fill(0.0);
-                    dr[i + 1..].fill(0.0);
-                }
-                // dQ = dS K ; dK += dS^T Q
                 let mut dqh = vec![0f32; len * hd];
-                gemm::sgemm(
-                    len,
-                    len,
-                    hd,
-                    1.0,
-                    &dp,
-                    (len, 1),
-                    kh,
-                    (kvd, 1),
-                    0.0,
-                    &mut dqh,
-                    (hd, 1),
-                );
-                gemm::sgemm(
-                    len,
-                    len,
-                    hd,
-                    1.0,
-                    &dp,
-                    (1, len),
-                    qh,
-                    (qd, 1),
-                    1.0,
-                    &mut dkh,
-                    (hd, 1),
-                );
+                // Causal: a block of query rows touches only the keys up to its last row.
+                for (i0, i1) in causal_blocks(len) {
+                    let mb = i1 - i0;
+                    let (pb, dob, qb) = (&p[i0 * len..], &doh[i0 * qd..], &qh[i0 * qd..]);
+                    // dV[..i1] += P[i0..i1, ..i1]^T dO[i0..i1]
+                    gemm::sgemm(
+                        i1,
+                        mb,
+                        hd,
+                        1.0,
+                        pb,
+                        (1, len),
+                        dob,
+                        (qd, 1),
+                        1.0,
+                        &mut dvh,
+                        (hd, 1),
+                    );
+                    // dP[i0..i1, ..i1] = dO V^T
+                    gemm::sgemm(
+                        mb,
+                        hd,
+                        i1,
+                        1.0,
+                        dob,
+                        (qd, 1),
+                        vh,
+                        (1, kvd),
+                        0.0,
+                        &mut dp[i0 * len..],
+                        (len, 1),
+                    );
+                    // dS = P * (dP - rowsum(P * dP)) [* (1 - tanh^2) under a soft-cap] * scale
+                    for i in i0..i1 {
+                        let (dr, pr) = (&mut dp[i * len..(i + 1) * len], &p[i * len..]);
+                        let lo = first_key(i, &a);
+                        let s: f32 = (lo..=i).map(|j| dr[j] * pr[j]).sum();
+                        for j in lo..=i {
+                            dr[j] = pr[j] * (dr[j] - s) * a.scale;
+                        }
+                        if let (Some(cap), Some(raw)) = (a.softcap, &raw) {
+                            for j in lo..=i {
+                                let t = (raw[i * len + j] / cap).tanh();
+                                dr[j] *= 1.0 - t * t;
+                            }
+                        }
+                        dr[..lo].fill(0.0);
+                        dr[i + 1..].fill(0.0);
+                    }
+                    // dQ[i0..i1] = dS K[..i1] ; dK[..i1] += dS^T Q[i0..i1]
+                    gemm::sgemm(
+                        mb,
+                        i1,
+                        hd,
+                        1.0,
+                        &dp[i0 * len..],
+                        (len, 1),
+                        kh,
+                        (kvd, 1),
+                        0.0,
+                        &mut dqh[i0 * hd..],
+                        (hd, 1),
+                    );
+                    gemm::sgemm(
+                        i1,
+                        mb,
+                        hd,
+                        1.0,
+                        &dp[i0 * len..],
+                        (1, len),
+                        qb,
+                        (qd, 1),
+                        1.0,
+                        &mut dkh,
+                        (hd, 1),
+                    );
+                }
                 dqs.push(dqh);
             }
             (dqs, dkh, dvh)
@@ -426,6 +450,9 @@ pub fn attention_backward(
 // ------------------------------------------------------------------------------------------
 // Gated feed-forward activations
 // ------------------------------------------------------------------------------------------
+
+/// Values per parallel task of the activations' vectorized kernels.
+const GLU_TASK: usize = 1 << 14;
 
 /// The gate's activation: SwiGLU (LLaMA) or GeGLU with the tanh GELU (Gemma).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -459,6 +486,13 @@ impl Glu {
 
     /// `act(g) * up`.
     pub fn forward(self, g: &[f32], up: &[f32]) -> Vec<f32> {
+        if self == Glu::Swi {
+            let mut out = vec![0f32; g.len()];
+            out.par_chunks_mut(GLU_TASK)
+                .zip(g.par_chunks(GLU_TASK).zip(up.par_chunks(GLU_TASK)))
+                .for_each(|(o, (g, u))| swiglu_into(g, u, o));
+            return out;
+        }
         g.par_iter().zip(up).map(|(g, u)| self.f(*g) * u).collect()
     }
 
@@ -466,6 +500,16 @@ impl Glu {
     pub fn backward(self, g: &[f32], up: &[f32], dact: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let mut dg = vec![0f32; g.len()];
         let mut dup = vec![0f32; g.len()];
+        if self == Glu::Swi {
+            dg.par_chunks_mut(GLU_TASK)
+                .zip(dup.par_chunks_mut(GLU_TASK))
+                .enumerate()
+                .for_each(|(t, (dg, du))| {
+                    let r = t * GLU_TASK..t * GLU_TASK + dg.len();
+                    swiglu_backward(&g[r.clone()], &up[r.clone()], &dact[r], dg, du);
+                });
+            return (dg, dup);
+        }
         dg.par_iter_mut()
             .zip(dup.par_iter_mut())
             .enumerate()
@@ -480,6 +524,41 @@ impl Glu {
 // ------------------------------------------------------------------------------------------
 // Output head and cross-entropy
 // ------------------------------------------------------------------------------------------
+
+/// One target row's cross-entropy: `row` holds the logits on entry (soft-capped here when
+/// `softcap` is set) and, with `backward`, `loss_scale * dloss/dlogits` on return. The
+/// exponentials are computed once (vectorized, [`exp_shift_sum`]) and reused for the gradient
+/// `softmax - onehot`.
+fn row_loss(
+    row: &mut [f32],
+    label: usize,
+    loss_scale: f32,
+    softcap: Option<f32>,
+    backward: bool,
+) -> f64 {
+    // Under a soft-cap, the cap's derivative `1 - tanh^2` per logit.
+    let dcap: Option<Vec<f32>> = softcap.map(|cap| {
+        row.iter_mut()
+            .map(|z| {
+                let t = (*z / cap).tanh();
+                *z = cap * t;
+                1.0 - t * t
+            })
+            .collect()
+    });
+    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let z_label = row[label];
+    let sum = exp_shift_sum(row, max);
+    let loss = max as f64 + sum.ln() - z_label as f64;
+    if backward {
+        scale_in_place(row, (loss_scale as f64 / sum) as f32);
+        row[label] -= loss_scale;
+        if let Some(dc) = dcap {
+            row.iter_mut().zip(&dc).for_each(|(g, c)| *g *= c);
+        }
+    }
+    loss
+}
 
 /// Cross-entropy of the head (`[V, d]`, optionally followed by the final logit soft-cap
 /// `cap * tanh(z / cap)`) at target rows only: logits are never built for masked positions.
@@ -507,20 +586,23 @@ pub fn head_loss(
         Weight::Frozen(_) => None,
     };
     let w: &Weight = head;
-    const CHUNK: usize = 256;
+    // Targets per chunk: the `[CHUNK, V]` logits are the largest buffer of a step, and a
+    // frozen head is dequantized twice per chunk.
+    const CHUNK: usize = 512;
     const VCH: usize = 8192;
     let vchunks: Vec<(usize, usize)> = (0..vocab)
         .step_by(VCH)
         .map(|v0| (v0, (v0 + VCH).min(vocab)))
         .collect();
     let mut loss = 0f64;
+    // One logits buffer for every chunk of targets; never read before written (beta = 0).
+    let mut logits = vec![0f32; targets.len().min(CHUNK) * vocab];
     for tc in targets.chunks(CHUNK) {
         let m = tc.len();
         let mut ht = vec![0f32; m * d]; // [m, d]
         for (row, &(i, _)) in ht.chunks_exact_mut(d).zip(tc) {
             row.copy_from_slice(&hf[i * d..(i + 1) * d]);
         }
-        let mut logits = vec![0f32; m * vocab]; // [m, V]
         for &(v0, v1) in &vchunks {
             let e = w.rows_f32(v0, v1); // [vc, d]
             gemm::sgemm(
@@ -537,32 +619,10 @@ pub fn head_loss(
                 (vocab, 1),
             );
         }
-        let losses: Vec<f64> = logits
+        let losses: Vec<f64> = logits[..m * vocab]
             .par_chunks_mut(vocab)
             .zip(tc)
-            .map(|(row, &(_, label))| {
-                if let Some(cap) = softcap {
-                    row.iter_mut().for_each(|z| *z = cap * (*z / cap).tanh());
-                }
-                let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let sum: f64 = row.iter().map(|&z| ((z - max) as f64).exp()).sum();
-                let lse = max as f64 + sum.ln();
-                let l = lse - row[label as usize] as f64;
-                if backward {
-                    for (j, z) in row.iter_mut().enumerate() {
-                        let mut g = (((*z as f64) - lse).exp() as f32) * loss_scale;
-                        if j == label as usize {
-                            g -= loss_scale;
-                        }
-                        if let Some(cap) = softcap {
-                            let t = *z / cap;
-                            g *= 1.0 - t * t;
-                        }
-                        *z = g;
-                    }
-                }
-                l
-            })
+            .map(|(row, &(_, label))| row_loss(row, label as usize, loss_scale, softcap, backward))
             .collect();
         loss += losses.iter().sum::<f64>();
         if !backward {
@@ -624,6 +684,107 @@ mod tests {
                 let num = (glu.f(x + h) - glu.f(x - h)) / (2.0 * h);
                 assert!((num - glu.df(x)).abs() < 1e-3, "{glu:?} at {x}");
             }
+        }
+    }
+
+    #[test]
+    fn vectorized_swiglu_matches_the_scalar_formulas() {
+        let n = GLU_TASK + 37;
+        let g: Vec<f32> = (0..n).map(|i| (i as f32 * 0.013).sin() * 9.0).collect();
+        let up: Vec<f32> = (0..n).map(|i| (i as f32 * 0.007).cos()).collect();
+        let dact: Vec<f32> = (0..n).map(|i| (i as f32 * 0.029).sin()).collect();
+        let act = Glu::Swi.forward(&g, &up);
+        let (dg, dup) = Glu::Swi.backward(&g, &up, &dact);
+        for i in 0..n {
+            let f = Glu::Swi.f(g[i]);
+            assert!((act[i] - f * up[i]).abs() < 1e-5, "act at {i}");
+            assert!((dup[i] - dact[i] * f).abs() < 1e-5, "dup at {i}");
+            let want = dact[i] * up[i] * Glu::Swi.df(g[i]);
+            assert!((dg[i] - want).abs() < 1e-5, "dg at {i}");
+        }
+    }
+
+    /// Two packed sequences longer than one causal block, 2 query heads sharing 1 kv head.
+    fn attn_case() -> (AttnShape, Vec<(usize, usize)>, [Vec<f32>; 4]) {
+        let a = AttnShape {
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+            scale: 0.5,
+            window: None,
+            softcap: None,
+        };
+        let seqs = vec![(0, 150), (150, 70)];
+        let n = 220;
+        let f = |len: usize, w: f32| (0..len).map(|i| (i as f32 * w).sin()).collect();
+        (
+            a,
+            seqs,
+            [
+                f(n * 8, 0.37),
+                f(n * 4, 0.53),
+                f(n * 4, 0.71),
+                f(n * 8, 0.13),
+            ],
+        )
+    }
+
+    #[test]
+    fn blocked_causal_attention_matches_naive_and_finite_differences() {
+        let (a, seqs, [q, k, v, w]) = attn_case();
+        let n = 220;
+        let (_, out) = attention_forward(&q, &k, &v, &seqs, a, n);
+        // Naive forward: each row's softmax over its own sequence's keys up to itself.
+        for &(start, len) in &seqs {
+            for i in 0..len {
+                for h in 0..2 {
+                    let qi = &q[(start + i) * 8 + h * 4..][..4];
+                    let s: Vec<f32> = (0..=i)
+                        .map(|j| 0.5 * dot(qi, &k[(start + j) * 4..][..4]))
+                        .collect();
+                    let m = s.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+                    let z: f32 = s.iter().map(|x| (x - m).exp()).sum();
+                    for c in 0..4 {
+                        let want: f32 = (0..=i)
+                            .map(|j| (s[j] - m).exp() / z * v[(start + j) * 4 + c])
+                            .sum();
+                        let got = out[(start + i) * 8 + h * 4 + c];
+                        assert!(
+                            (got - want).abs() < 1e-5,
+                            "row {i} head {h}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        // Backward of `sum(out * w)` against central differences.
+        let (probs, _) = attention_forward(&q, &k, &v, &seqs, a, n);
+        let (dq, dk, dv) = attention_backward(&q, &k, &v, &probs, &w, &seqs, a, n);
+        let loss = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
+            let (_, o) = attention_forward(q, k, v, &seqs, a, n);
+            o.iter().zip(&w).map(|(x, y)| *x as f64 * *y as f64).sum()
+        };
+        let h = 1e-2f32;
+        for (which, idx) in [(0, 3), (0, 70 * 8 + 5), (0, 149 * 8 + 2), (1, 10 * 4 + 1)]
+            .into_iter()
+            .chain([
+                (1, 100 * 4 + 3),
+                (2, 64 * 4),
+                (2, 200 * 4 + 2),
+                (1, 219 * 4),
+            ])
+        {
+            let mut t = [q.clone(), k.clone(), v.clone()];
+            t[which][idx] += h;
+            let up = loss(&t[0], &t[1], &t[2]);
+            t[which][idx] -= 2.0 * h;
+            let down = loss(&t[0], &t[1], &t[2]);
+            let num = (up - down) / (2.0 * h as f64);
+            let got = [&dq, &dk, &dv][which][idx] as f64;
+            assert!(
+                (num - got).abs() < 2e-3 * (1.0 + num.abs()),
+                "{which}/{idx}: {got} vs {num}"
+            );
         }
     }
 

@@ -161,13 +161,38 @@ pub struct TLinear {
     pub lora: Option<Lora>,
 }
 
-/// Dropout multipliers (0 or `1/(1-p)`) for `n` values, regenerated from `seed` in backward.
-fn dropout_factors(n: usize, p: f32, seed: u64) -> Vec<f32> {
-    let mut rng = Rng::new(seed);
+/// Elements per parallel task of [`dropout_into`] (a multiple of 4).
+const DROP_TASK: usize = 1 << 14;
+
+/// `out[i] (+)= x[i] * m_i`, `m_i` the dropout multiplier (0 with probability `p`, else
+/// `1/(1-p)`) of element `i` of the mask seeded by `seed`. The mask is a pure function of
+/// `(seed, i)`: each 64-bit counter-hash draw ([`Rng::u64_at`]) gives four elements 16 bits
+/// each (so `p` is applied at 1/65536 resolution), generated in parallel, and the backward
+/// recomputes the same mask instead of storing it.
+pub(super) fn dropout_into(x: &[f32], out: &mut [f32], p: f32, seed: u64, add: bool) {
     let keep = 1.0 / (1.0 - p);
-    (0..n)
-        .map(|_| if rng.next_f32() < p { 0.0 } else { keep })
-        .collect()
+    let thresh = (p * 65536.0).round() as u64;
+    out.par_chunks_mut(DROP_TASK)
+        .zip(x.par_chunks(DROP_TASK))
+        .enumerate()
+        .for_each(|(t, (o, x))| {
+            let base = (t * DROP_TASK / 4) as u64;
+            for (q, (o4, x4)) in o.chunks_mut(4).zip(x.chunks(4)).enumerate() {
+                let h = Rng::u64_at(seed, base + q as u64);
+                for (lane, (o, &x)) in o4.iter_mut().zip(x4).enumerate() {
+                    let m = if (h >> (16 * lane)) & 0xFFFF < thresh {
+                        0.0
+                    } else {
+                        keep
+                    };
+                    if add {
+                        *o += x * m;
+                    } else {
+                        *o = x * m;
+                    }
+                }
+            }
+        });
 }
 
 impl TLinear {
@@ -192,8 +217,9 @@ impl TLinear {
         };
         let r = l.a.rows;
         let xd: Cow<[f32]> = if p > 0.0 {
-            let f = dropout_factors(n * cols, p, seed);
-            Cow::Owned(x.iter().zip(&f).map(|(a, b)| a * b).collect())
+            let mut xd = vec![0f32; n * cols];
+            dropout_into(x, &mut xd, p, seed, false);
+            Cow::Owned(xd)
         } else {
             Cow::Borrowed(x)
         };
@@ -225,23 +251,24 @@ impl TLinear {
             return;
         };
         let r = l.a.rows;
-        let factors = (p > 0.0).then(|| dropout_factors(n * cols, p, seed));
-        let xd: Cow<[f32]> = match &factors {
-            Some(f) => Cow::Owned(x.iter().zip(f).map(|(a, b)| a * b).collect()),
-            None => Cow::Borrowed(x),
+        let xd: Cow<[f32]> = if p > 0.0 {
+            let mut xd = vec![0f32; n * cols];
+            dropout_into(x, &mut xd, p, seed, false);
+            Cow::Owned(xd)
+        } else {
+            Cow::Borrowed(x)
         };
         gemm::tn(dy, u, &mut l.b.g, n, rows, r, l.scale, true); // dB[out, r] += s dy^T u
         let mut du = vec![0f32; n * r];
         gemm::nn(dy, &l.b.w, &mut du, n, rows, r, l.scale, false); // du[n, r] = s dy B
         gemm::tn(&du, &xd, &mut l.a.g, n, r, cols, 1.0, true); // dA[r, in] += du^T xd
-        let mut dxd = vec![0f32; n * cols];
-        gemm::nn(&du, &l.a.w, &mut dxd, n, r, cols, 1.0, false); // [n, in]
-        match &factors {
-            Some(f) => dx
-                .iter_mut()
-                .zip(dxd.iter().zip(f))
-                .for_each(|(o, (g, m))| *o += g * m),
-            None => dx.iter_mut().zip(&dxd).for_each(|(o, g)| *o += g),
+        if p > 0.0 {
+            let mut dxd = vec![0f32; n * cols];
+            gemm::nn(&du, &l.a.w, &mut dxd, n, r, cols, 1.0, false); // [n, in]
+            dropout_into(&dxd, dx, p, seed, true);
+        } else {
+            // dx already holds `dy W` (written or added above): add the adapter's part.
+            gemm::nn(&du, &l.a.w, dx, n, r, cols, 1.0, true);
         }
     }
 }
