@@ -162,7 +162,7 @@ pub struct TLinear {
 }
 
 /// Dropout multipliers (0 or `1/(1-p)`) for `n` values, regenerated from `seed` in backward.
-fn dropout_factors(n: usize, p: f32, seed: u64) -> Vec<f32> {
+pub(super) fn dropout_factors(n: usize, p: f32, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
     let keep = 1.0 / (1.0 - p);
     (0..n)
