@@ -180,8 +180,28 @@ fn bad_inputs_fail_with_clear_messages() {
     );
     check(
         r#"[{"instruction": "a", "output": "b"}]"#,
-        &["--device", "cuda", "--max-steps", "1"],
-        "no CUDA support",
+        &["--device", "tpu", "--max-steps", "1"],
+        "unknown device `tpu`",
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--device cuda` in a build without the `cuda` feature: a clear message, exit code 1,
+/// before any work (no run directory is made).
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn device_cuda_without_the_feature_fails_clearly() {
+    let dir = temp_dir("nocuda");
+    let model = tiny_model(&dir, GgmlType::Q8_0);
+    let data = tiny_data(&dir);
+    let out = dir.join("run");
+    for dev in ["cuda", "cuda:1"] {
+        let err = fails(
+            &train(&model, &data, &out, &["--device", dev, "--max-steps", "1"]),
+            "no CUDA support",
+        );
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+    assert!(!out.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -79,7 +79,7 @@ pub enum Error {
     CutoffTooShort { cutoff: usize, shortest: usize },
     #[error("loss is {loss} at step {step}: stopping (the last checkpoint is intact); lower --lr or raise --max-grad-norm")]
     NonFiniteLoss { step: usize, loss: f64 },
-    #[error("this build has no CUDA support (use --device cpu)")]
+    #[error("this build has no CUDA support (use --device cpu, or rebuild with --features cuda: scripts/build-cuda.sh)")]
     NoCuda,
 
     // ---------------------------------------------------------------- internal

@@ -15,7 +15,7 @@ use alpaca::data::template::TemplateChoice;
 use alpaca::train::batch::ValSize;
 use alpaca::train::model::LINEAR_NAMES;
 use alpaca::train::optim::{AdamWConfig, Schedule};
-use alpaca::train::{train, Event, Method, TrainConfig, Warmup};
+use alpaca::train::{train, Event, Method, TrainConfig, TrainDevice, Warmup};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -101,7 +101,7 @@ pub struct TrainArgs {
     /// Continue from the run directory's checkpoint
     #[arg(long = "resume")]
     pub resume: bool,
-    /// cpu (cuda is not in this build)
+    /// cpu, cuda, cuda:N (builds with --features cuda), candle-cpu (--features candle)
     #[arg(long = "device", default_value = "cpu")]
     pub device: String,
     /// Worker threads [default: all cores]
@@ -159,11 +159,8 @@ fn keep_freed_memory() {
 fn keep_freed_memory() {}
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    match a.device.as_str() {
-        "cpu" => {}
-        "cuda" => return Err(alpaca::Error::NoCuda.into()),
-        o => bail!("unknown device `{o}` (cpu)"),
-    }
+    let device: TrainDevice = a.device.parse()?;
+    device.check_built()?;
     let threads = match a.threads {
         Some(0) => bail!("--threads must be at least 1"),
         Some(n) => n,
@@ -173,6 +170,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     keep_freed_memory();
 
     let mut cfg = TrainConfig::new(a.model.clone(), a.data.clone(), a.out.clone());
+    cfg.device = device;
     cfg.method = if a.full {
         Method::Full
     } else {

@@ -10,11 +10,16 @@
 //! - [`optim`]: AdamW, schedules with warmup, gradient clipping;
 //! - [`checkpoint`]: safetensors I/O and atomic checkpoints with exact resume;
 //! - [`export`]: the PEFT adapter / Hugging Face model written at the end;
-//! - [`metrics`]: `metrics.jsonl` and `loss.svg`.
+//! - [`metrics`]: `metrics.jsonl` and `loss.svg`;
+//! - [`candle_device`]: where the forward and backward run (`--device`); `candle` (feature
+//!   `candle`/`cuda`): the same step on candle's CPU or CUDA backend.
 //!
 //! [`train`] runs a whole job and reports through a callback; it never prints.
 
 pub mod batch;
+#[cfg(feature = "candle")]
+pub mod candle;
+pub mod candle_device;
 pub mod checkpoint;
 pub mod export;
 pub mod gemm;
@@ -40,6 +45,8 @@ use crate::model::Model;
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 use batch::{encode_example, epoch_batches, split, Batch, Encoded, ValSize};
+use candle_device::Stepper;
+pub use candle_device::TrainDevice;
 pub use metrics::StepMetrics;
 pub use model::Method;
 use model::TrainModel;
@@ -92,6 +99,9 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Continue from `out_dir/checkpoint.safetensors` when it exists.
     pub resume: bool,
+    /// Where the forward and backward run (not in the fingerprint: resuming on another
+    /// device is allowed).
+    pub device: TrainDevice,
 }
 
 impl TrainConfig {
@@ -124,6 +134,7 @@ impl TrainConfig {
             eval_every: 200,
             seed: 42,
             resume: false,
+            device: TrainDevice::Cpu,
         }
     }
 
@@ -266,14 +277,19 @@ fn prepare_data(cfg: &TrainConfig, tok: &Tokenizer, template: &Template) -> Resu
 }
 
 /// Mean validation loss (no dropout, no gradients).
-fn evaluate(m: &mut TrainModel, val: &[Encoded], micro: usize) -> Result<Option<f64>> {
+fn evaluate(
+    dev: &mut Stepper,
+    m: &mut TrainModel,
+    val: &[Encoded],
+    micro: usize,
+) -> Result<Option<f64>> {
     if val.is_empty() {
         return Ok(None);
     }
     let (mut sum, mut count) = (0f64, 0usize);
     for chunk in val.chunks(micro.max(1)) {
         let refs: Vec<&Encoded> = chunk.iter().collect();
-        let out = m.forward_backward(&Batch::from_encoded(&refs), 0.0, None, false)?;
+        let out = dev.forward_backward(m, &Batch::from_encoded(&refs), 0.0, None, false)?;
         sum += out.loss_sum;
         count += out.n_targets;
     }
@@ -287,6 +303,7 @@ pub fn train(
     on_event: &mut dyn FnMut(&Event) -> ControlFlow<()>,
 ) -> Result<Summary> {
     cfg.validate()?;
+    let mut dev = Stepper::new(cfg.device)?;
     std::fs::create_dir_all(&cfg.out_dir).map_err(|e| Error::io(&cfg.out_dir, e))?;
     let g = open_model(&cfg.model)?;
     let base = Model::from_gguf(&g)?;
@@ -358,7 +375,7 @@ pub fn train(
     };
     let summary_path = cfg.out_dir.join("train_summary.json");
     if step == 0 {
-        summary.initial_eval_loss = evaluate(&mut model, &data.val, micro)?;
+        summary.initial_eval_loss = evaluate(&mut dev, &mut model, &data.val, micro)?;
         if let Some(loss) = summary.initial_eval_loss {
             stop |= on_event(&Event::InitialEval { loss }).is_break();
         }
@@ -394,7 +411,9 @@ pub fn train(
             let seed =
                 Rng::new(cfg.seed ^ ((step * 4096 + j) as u64).wrapping_mul(0xD1B5_4A32_D192_ED03))
                     .next_u64();
-            loss_sum += model.forward_backward(b, scale, Some(seed), true)?.loss_sum;
+            loss_sum += dev
+                .forward_backward(&mut model, b, scale, Some(seed), true)?
+                .loss_sum;
         }
         let loss = loss_sum / n_targets.max(1) as f64;
         if !loss.is_finite() {
@@ -413,11 +432,12 @@ pub fn train(
         }
         opt.step(&mut params, lr);
         drop(params);
+        dev.params_changed();
         step += 1;
         let tokens_per_s = n_tokens as f64 / t0.elapsed().as_secs_f64();
         let last = step == total;
         let eval_loss = if (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every)) || last {
-            evaluate(&mut model, &data.val, micro)?
+            evaluate(&mut dev, &mut model, &data.val, micro)?
         } else {
             None
         };

@@ -195,6 +195,15 @@ pub(super) fn dropout_into(x: &[f32], out: &mut [f32], p: f32, seed: u64, add: b
         });
 }
 
+/// The dropout multipliers of [`dropout_into`] for `n` values (the candle engine applies the
+/// host's exact masks).
+#[cfg(feature = "candle")]
+pub(super) fn dropout_factors(n: usize, p: f32, seed: u64) -> Vec<f32> {
+    let mut out = vec![0.0; n];
+    dropout_into(&vec![1.0; n], &mut out, p, seed, false);
+    out
+}
+
 impl TLinear {
     fn dims(&self) -> (usize, usize) {
         (self.w.rows(), self.w.cols())
