@@ -300,7 +300,7 @@ mod tests {
             frequency_penalty: -1.0,
             ..Default::default()
         });
-        assert_eq!(s.sample(&mut vec![2.0, 1.5], &[1]), 1);
+        assert_eq!(s.sample(&mut [2.0, 1.5], &[1]), 1);
     }
 
     #[test]
