@@ -160,8 +160,17 @@ pub fn swiglu(gate: &mut [f32], up: &[f32]) {
 // f16 KV cache, flash attention
 // ------------------------------------------------------------------------------------------
 
-fn h(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
+/// `x` rounded to the nearest f16 (ties to even), as f32. Normal f16 results are rounded
+/// on the f32 bits (drop 13 mantissa bits); subnormals, overflow, inf and NaN go through `half`.
+#[inline]
+pub fn h(x: f32) -> f32 {
+    let b = x.to_bits();
+    // |x| from 2^-14 (smallest normal f16) up to (not including) 65504 (largest f16)
+    if (0x3880_0000..0x477f_e000).contains(&(b & 0x7fff_ffff)) {
+        f32::from_bits((b + 0x0fff + ((b >> 13) & 1)) & !0x1fff)
+    } else {
+        f16::from_f32(x).to_f32()
+    }
 }
 
 /// Round every value to f16 (round to nearest even), as storing into an f16 cache does.

@@ -9,15 +9,19 @@ fn wave(n: usize, a: f32, b: f32) -> Vec<f32> {
 
 #[test]
 fn rope_cache_is_the_f32_running_product() {
-    let (d, base) = (64, 10000f32);
+    let (d, base) = std::hint::black_box((64, 10000f32));
     let (mut cos, mut sin) = (vec![0f32; d / 2], vec![0f32; d / 2]);
     for pos in [0usize, 1, 7, 63, 200] {
+        // black_box: no compile-time folding of sin/cos (LLVM folds through f64, which
+        // can differ from glibc's sinf/cosf by an ulp)
+        let pos = std::hint::black_box(pos);
         rope_cache(pos, d, base, &mut cos, &mut sin);
         let step = base.powf(-2.0 / d as f32);
         let mut theta = pos as f32;
         for i in 0..d / 2 {
-            assert_eq!(cos[i], theta.cos(), "pos {pos} i {i}");
-            assert_eq!(sin[i], theta.sin(), "pos {pos} i {i}");
+            let (s, c) = std::hint::black_box(theta).sin_cos();
+            assert_eq!(cos[i], c, "pos {pos} i {i}");
+            assert_eq!(sin[i], s, "pos {pos} i {i}");
             // and close to the exact angle
             let exact = pos as f64 * (base as f64).powf(-2.0 * i as f64 / d as f64);
             assert!(
@@ -162,6 +166,32 @@ fn round_f16_rounds_to_nearest_even() {
     ];
     round_f16(&mut x);
     assert_eq!(x, vec![1.0, 1.0 + 2.0 * 2f32.powi(-10), 65504.0, 0.0]);
+}
+
+#[test]
+fn fast_f16_rounding_equals_half() {
+    let mut b = 0u32;
+    loop {
+        let x = f32::from_bits(b);
+        let want = f16::from_f32(x).to_f32();
+        let got = h(x);
+        assert!(
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+            "{b:#x}: {got} vs {want}"
+        );
+        match b.checked_add(997) {
+            Some(n) => b = n,
+            None => break,
+        }
+    }
+    // every tie and neighbour around a few binades
+    for e in [0x3880_0000u32, 0x3f80_0000, 0x4700_0000, 0x477f_c000] {
+        for m in 0..0x4000u32 {
+            let x = f32::from_bits(e + m);
+            assert_eq!(h(x).to_bits(), f16::from_f32(x).to_f32().to_bits(), "{x}");
+            assert_eq!(h(-x).to_bits(), f16::from_f32(-x).to_f32().to_bits(), "{x}");
+        }
+    }
 }
 
 #[test]
