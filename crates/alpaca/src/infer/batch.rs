@@ -153,9 +153,19 @@ impl Scheduler {
             stopping: Arc::clone(&stopping),
             deadline: Arc::clone(&deadline),
         };
+        // The decode loop runs on a worker of a pool of its own, as many threads as the
+        // global pool: the model's parallel loops then split work from inside the pool
+        // (join/steal) instead of handing every one to sleeping workers from outside, which
+        // cost about half the single-stream speed. Its own pool, so that a loop idling in
+        // `recv` never takes a worker from other users of the global pool.
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(rayon::current_num_threads())
+            .thread_name(|i| format!("alpaca-decode-{i}"))
+            .build()
+            .map_err(|e| Error::Internal(format!("starting the decode thread pool: {e}")))?;
         let thread = std::thread::Builder::new()
             .name("alpaca-scheduler".into())
-            .spawn(move || ctx.run())
+            .spawn(move || pool.install(move || ctx.run()))
             .map_err(|e| Error::Internal(format!("starting the scheduler thread: {e}")))?;
         Ok(Scheduler {
             tx,
