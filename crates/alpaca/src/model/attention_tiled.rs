@@ -316,28 +316,11 @@ fn pv_block<const C: usize>(
     }
 }
 
-/// `e^x` to about 1 ulp (Cephes `expf` polynomial), branch-free so that loops over it
-/// vectorize; 0 below -87.3 (and for -inf).
+/// `e^x` through [`crate::model::ops::exp_poly`] (branch-free, so loops over it vectorize),
+/// but exactly 0 below -87.3 and for -inf, as masked scores need.
 #[inline(always)]
 pub fn exp_fast(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding 1.5 * 2^23 rounds to an integer that sits in the low mantissa bits.
-    const MAGIC: f32 = 12_582_912.0;
-    let xc = x.clamp(-87.3, 88.3);
-    let t = xc.mul_add(LOG2E, MAGIC);
-    let n = t - MAGIC;
-    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
-    let mut p = 1.987_569_1e-4_f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 0.166_666_65);
-    p = p.mul_add(r, 0.5);
-    let y = p.mul_add(r * r, r) + 1.0;
-    let e = (t.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127)) << 23;
-    let y = y * f32::from_bits(e);
+    let y = crate::model::ops::exp_poly(x);
     if x < -87.3 {
         0.0
     } else {

@@ -195,6 +195,17 @@ pub(super) fn dropout_into(x: &[f32], out: &mut [f32], p: f32, seed: u64, add: b
         });
 }
 
+/// `x` after dropout with probability `p` (borrowed as is when `p` is 0).
+fn dropped(x: &[f32], p: f32, seed: u64) -> Cow<'_, [f32]> {
+    if p > 0.0 {
+        let mut xd = vec![0f32; x.len()];
+        dropout_into(x, &mut xd, p, seed, false);
+        Cow::Owned(xd)
+    } else {
+        Cow::Borrowed(x)
+    }
+}
+
 /// The dropout multipliers of [`dropout_into`] for `n` values (the candle engine applies the
 /// host's exact masks).
 #[cfg(feature = "candle")]
@@ -225,13 +236,7 @@ impl TLinear {
             return Vec::new();
         };
         let r = l.a.rows;
-        let xd: Cow<[f32]> = if p > 0.0 {
-            let mut xd = vec![0f32; n * cols];
-            dropout_into(x, &mut xd, p, seed, false);
-            Cow::Owned(xd)
-        } else {
-            Cow::Borrowed(x)
-        };
+        let xd = dropped(&x[..n * cols], p, seed);
         let mut u = vec![0f32; n * r];
         gemm::nt(&xd, &l.a.w, &mut u, n, cols, r, 1.0, false); // [n, r]
         gemm::nt(&u, &l.b.w, y, n, r, rows, l.scale, true); // [n, out]
@@ -260,13 +265,7 @@ impl TLinear {
             return;
         };
         let r = l.a.rows;
-        let xd: Cow<[f32]> = if p > 0.0 {
-            let mut xd = vec![0f32; n * cols];
-            dropout_into(x, &mut xd, p, seed, false);
-            Cow::Owned(xd)
-        } else {
-            Cow::Borrowed(x)
-        };
+        let xd = dropped(&x[..n * cols], p, seed);
         gemm::tn(dy, u, &mut l.b.g, n, rows, r, l.scale, true); // dB[out, r] += s dy^T u
         let mut du = vec![0f32; n * r];
         gemm::nn(dy, &l.b.w, &mut du, n, rows, r, l.scale, false); // du[n, r] = s dy B
