@@ -42,8 +42,11 @@ pub struct BenchArgs {
     /// Follow llama.cpp's CPU arithmetic: Q8_0 weights multiply 8-bit activations with
     /// integer dots; LLaMA models also take ggml's RoPE, RMSNorm, SwiGLU, an f16 KV cache and
     /// flash attention (parity with llama.cpp, not speed; logits move off the f32 reference)
-    #[arg(long = "int8-activations")]
+    #[arg(long = "int8-activations", conflicts_with = "f32_activations")]
     pub int8_activations: bool,
+    /// Keep f32 activations in every product (see `alpaca run --help`)
+    #[arg(long = "f32-activations")]
+    pub f32_activations: bool,
 }
 
 #[derive(Serialize)]
@@ -113,6 +116,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         threads: Some(threads[0]),
         lora: None,
         int8_activations: a.int8_activations,
+        f32_activations: a.f32_activations,
     }
     .load()?;
     let model = &engine.model;

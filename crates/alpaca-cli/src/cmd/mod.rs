@@ -34,8 +34,13 @@ pub struct ModelArgs {
     /// Follow llama.cpp's CPU arithmetic: Q8_0 weights multiply 8-bit activations with
     /// integer dots; LLaMA models also take ggml's RoPE, RMSNorm, SwiGLU, an f16 KV cache and
     /// flash attention (parity with llama.cpp, not speed; logits move off the f32 reference)
-    #[arg(long = "int8-activations")]
+    #[arg(long = "int8-activations", conflicts_with = "f32_activations")]
     pub int8_activations: bool,
+    /// Keep f32 activations in every product (transformers parity). By default one-token
+    /// decode of Q8_0/Q5/K-quant models quantizes activations to 8 bits for integer dots
+    /// (faster; logits within the 8-bit rounding); Q4_0/Q4_1/F16/F32 models always use f32
+    #[arg(long = "f32-activations")]
+    pub f32_activations: bool,
 }
 
 impl ModelArgs {
@@ -45,6 +50,11 @@ impl ModelArgs {
         alpaca::model::int8::set_int8_activations(self.int8_activations);
         let path = alpaca::assets::resolve_model(self.model.as_deref())?;
         let mut engine = Engine::load(&path)?;
+        if self.f32_activations {
+            engine
+                .model
+                .set_act_mode(alpaca::model::int8_decode::ActMode::F32);
+        }
         if let Some(dir) = &self.lora {
             alpaca::train::export::load_adapter(dir, &mut engine.model)?;
         }

@@ -36,7 +36,8 @@ impl Engine {
     pub fn load(path: &Path) -> Result<Engine> {
         // A GGUF file is memory-mapped; a Hugging Face directory is converted in memory.
         let g = crate::model::hf::open_model(path)?;
-        let model = Model::from_gguf(&g)?;
+        let mut model = Model::from_gguf(&g)?;
+        model.set_auto_act_mode();
         let tokenizer = Tokenizer::from_gguf(&g)?;
         if tokenizer.vocab_size() != model.vocab_size() {
             return Err(Error::Config(format!(

@@ -217,21 +217,30 @@ unsafe fn scalar_q8_0(row: &[u8], x: &[f32], _xs: &[f32]) -> f32 {
 
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(*mut f32);
 // SAFETY: tasks only write disjoint indices (each owns a range of weight rows).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
+    pub(super) fn new(y: &mut [f32]) -> Self {
+        OutPtr(y.as_mut_ptr())
+    }
+
     /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
 
 /// Run `f` over `0..rows` in contiguous ranges: serially for one thread or little work,
 /// else as a few rayon tasks per thread (load balance on a busy machine).
-fn par_rows(rows: usize, bytes_per_row: usize, align: usize, f: impl Fn(Range<usize>) + Sync) {
+pub(super) fn par_rows(
+    rows: usize,
+    bytes_per_row: usize,
+    align: usize,
+    f: impl Fn(Range<usize>) + Sync,
+) {
     let threads = rayon::current_num_threads().max(1);
     // Below ~64 KiB of weights a fork-join costs more than it saves.
     if threads == 1 || rows * bytes_per_row < (64 << 10) || rows <= align {
@@ -446,20 +455,20 @@ pub fn default_level() -> SimdLevel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use half::{bf16, f16};
 
-    pub(super) struct Lcg(pub(super) u64);
+    pub(crate) struct Lcg(pub(crate) u64);
     impl Lcg {
-        pub(super) fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 = self
                 .0
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
             self.0 >> 33
         }
-        pub(super) fn unit(&mut self) -> f32 {
+        pub(crate) fn unit(&mut self) -> f32 {
             (self.next() as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
         }
     }
@@ -479,7 +488,7 @@ mod tests {
     ];
 
     /// Random valid bytes of `rows` rows of `cols` weights: random quants, sane f16 scales.
-    pub(super) fn random_matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Lcg) -> Vec<u8> {
+    pub(crate) fn random_matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Lcg) -> Vec<u8> {
         let n = rows * cols;
         match ty {
             GgmlType::F32 => (0..n).flat_map(|_| rng.unit().to_le_bytes()).collect(),

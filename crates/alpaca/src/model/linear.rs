@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::model::int8_decode::{self, ActMode};
 use crate::model::kernels;
 use crate::model::ops::dispatch;
 use crate::model::quant::{dequantize_row, GgmlType};
@@ -46,6 +47,8 @@ pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
     pub data: Storage,
+    /// Activations of one-token products (the model's policy, see [`int8_decode`]).
+    pub act: ActMode,
 }
 
 impl QMatrix {
@@ -73,6 +76,7 @@ impl QMatrix {
             rows,
             cols,
             data,
+            act: ActMode::F32,
         })
     }
 
@@ -129,11 +133,15 @@ impl QMatrix {
 
     /// [`matmul`](Self::matmul) without the prompt GEMM, whatever `t`: the row kernels (one
     /// token fused, several through the multi-row kernels), or llama.cpp's int8 Q8_0 products
-    /// under `--int8-activations`. The batched decode step uses it.
+    /// under `--int8-activations`, or for one token under [`ActMode::Int8`] our int8 kernels.
+    /// The batched decode step uses it.
     pub fn matmul_rows(&self, x: &[f32], t: usize, y: &mut [f32]) {
         let data = self.data.bytes();
         if self.int8() {
             crate::model::int8::matmul_q8_0(data, self.rows, self.cols, x, t, y);
+        } else if t == 1 && self.act == ActMode::Int8 && !crate::model::int8::enabled() {
+            let level = int8_decode::level_for(kernels::default_level());
+            int8_decode::matvec(level, self.ty, data, self.rows, self.cols, x, y);
         } else {
             let level = kernels::default_level();
             kernels::matvec(level, self.ty, data, self.rows, self.cols, x, t, y);

@@ -12,6 +12,7 @@ pub mod ggml_compat;
 pub mod gguf;
 pub mod hf;
 pub mod int8;
+pub mod int8_decode;
 pub mod kernels;
 #[cfg(target_arch = "x86_64")]
 pub mod kernels_x86;
@@ -90,6 +91,61 @@ impl Model {
             Model::Llama(m) => m.forward(tokens, cache, n_logits),
             Model::Gemma3(m) => m.forward(tokens, cache, n_logits),
         }
+    }
+
+    /// Every linear layer (blocks, then the output head).
+    pub fn linears_mut(&mut self) -> Vec<&mut linear::Linear> {
+        macro_rules! all {
+            ($m:expr) => {{
+                let mut v: Vec<&mut linear::Linear> = Vec::new();
+                for b in $m.blocks.iter_mut() {
+                    v.extend([
+                        &mut b.wq,
+                        &mut b.wk,
+                        &mut b.wv,
+                        &mut b.wo,
+                        &mut b.w_gate,
+                        &mut b.w_up,
+                        &mut b.w_down,
+                    ]);
+                }
+                v.push(&mut $m.output);
+                v
+            }};
+        }
+        match self {
+            Model::Llama(m) => all!(m),
+            Model::Gemma3(m) => all!(m),
+        }
+    }
+
+    /// The weight type holding the most bytes of the linear layers.
+    pub fn dominant_weight_type(&mut self) -> quant::GgmlType {
+        let mut bytes: Vec<(quant::GgmlType, usize)> = Vec::new();
+        for l in self.linears_mut() {
+            let (ty, n) = (l.weight.ty, l.weight.data.bytes().len());
+            match bytes.iter_mut().find(|(t, _)| *t == ty) {
+                Some(e) => e.1 += n,
+                None => bytes.push((ty, n)),
+            }
+        }
+        bytes
+            .into_iter()
+            .max_by_key(|e| e.1)
+            .map_or(quant::GgmlType::F32, |e| e.0)
+    }
+
+    /// Use `mode` for the one-token products of every linear layer.
+    pub fn set_act_mode(&mut self, mode: int8_decode::ActMode) {
+        for l in self.linears_mut() {
+            l.weight.act = mode;
+        }
+    }
+
+    /// The "auto" activation policy ([`int8_decode::auto_mode`] of the dominant type).
+    pub fn set_auto_act_mode(&mut self) {
+        let ty = self.dominant_weight_type();
+        self.set_act_mode(int8_decode::auto_mode(ty));
     }
 
     /// Bytes of weights read to decode one token (every matrix once), for bandwidth bounds.

@@ -21,7 +21,11 @@ pub fn cached_model(file: &str, fetch: &str) -> Option<Engine> {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build_global();
-    Some(Engine::load(&p).expect("model loads"))
+    let mut e = Engine::load(&p).expect("model loads");
+    // Parity with transformers is an f32 comparison: no 8-bit decode activations.
+    e.model
+        .set_act_mode(alpaca::model::int8_decode::ActMode::F32);
+    Some(e)
 }
 
 pub fn fixture(name: &str) -> serde_json::Value {

@@ -1,0 +1,403 @@
+//! Fast single-token decode with 8-bit activations: our own design, not ggml's arithmetic.
+//!
+//! Decoding one token multiplies every weight matrix by one activation row. The `f32`
+//! kernels of [`kernels`](crate::model::kernels) dequantize each weight block to `f32` and
+//! FMA it with `f32` activations; on a Zen 4 (512-bit ops split in two 256-bit halves) that is
+//! ~14 micro-ops per 32 Q8_0 weights and decode becomes compute-bound. Here the activation
+//! row is quantized once per product ([`quantize_acts`]) and every weight block is dotted
+//! with it on integers (`vpdpbusd` on AVX-512 VNNI, `maddubs`/`madd` on AVX2):
+//!
+//! - activations: per 32-value block `b`, `x ~= d_b * q` with `q` in `[-127, 127]`,
+//!   `d_b = max|x| / 127` kept in `f32`, plus the negated sums of `q` over each group of 4
+//!   values (one 32-bit lane of an integer dot);
+//! - weights with an integer offset (`Q5_0`: `q - 16`, `Q6_K`: `q - 32`) are dotted as
+//!   unsigned bytes into an accumulator that starts at `offset * -lane sums` (one shift per
+//!   block, exact); float offsets (`Q5_1`, K-quant mins) add `m * d_x * sum(q_x)` per block;
+//! - `Q8_0` uses the sign trick (`|w|` unsigned times `x` with `w`'s sign);
+//! - the K-quant sub-block scales are applied in `f32` per 32 values (the activation scale
+//!   changes at every 32-value block anyway).
+//!
+//! The integer sums are exact, so the three levels (scalar reference, AVX2, AVX-512 VNNI)
+//! differ only in the order of the `f32` additions. The results differ from the `f32`
+//! kernels by the activation rounding (relative error ~1/254 per value, averaging out over
+//! a row): the policy of when this path runs lives in [`ActMode`] (see docs/COMPAT.md).
+
+use std::cell::RefCell;
+
+use crate::model::kernels::{self, OutPtr};
+use crate::model::ops::{dispatch, hw_simd_level, SimdLevel};
+use crate::model::quant::{scale_min_k4, GgmlType};
+
+#[cfg(target_arch = "x86_64")]
+#[path = "int8_decode_x86.rs"]
+mod x86;
+
+/// Which activations single-token decode products use, stored per matrix
+/// ([`QMatrix::act`](crate::model::linear::QMatrix)) and chosen per model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActMode {
+    /// `f32` activations everywhere (transformers parity).
+    #[default]
+    F32,
+    /// 8-bit activations and integer dots for one-token products of the weight types that
+    /// have such kernels ([`supported`]); prompts and batched decode stay `f32`.
+    Int8,
+}
+
+/// Whether `ty` has int8-activation kernels.
+pub fn supported(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(ty, Q8_0 | Q5_0 | Q5_1 | Q4K | Q6K)
+}
+
+/// The "auto" policy: int8 activations when the model's dominant weight type (most weight
+/// bytes) is one of the types llama.cpp's users pick for quality (`Q8_0`, `Q5_x`, K-quants),
+/// `f32` for `Q4_0`/`Q4_1`/`F16`/`F32` models (the default Q4_1 model keeps its greedy
+/// parity with transformers).
+pub fn auto_mode(dominant: GgmlType) -> ActMode {
+    use GgmlType::*;
+    match dominant {
+        Q8_0 | Q5_0 | Q5_1 | Q4K | Q5K | Q6K => ActMode::Int8,
+        _ => ActMode::F32,
+    }
+}
+
+/// A quantized activation row, borrowed: `q` (`cols` values), `d` (one scale per 32-value
+/// block) and `nl` (minus the sum of `q` over each group of 4 values, eight per block).
+#[derive(Clone, Copy)]
+pub struct Acts<'a> {
+    pub q: &'a [i8],
+    pub d: &'a [f32],
+    pub nl: &'a [i32],
+}
+
+impl Acts<'_> {
+    /// Sum of the quantized values of block `b`.
+    #[inline(always)]
+    fn sum(&self, b: usize) -> i32 {
+        -self.nl[8 * b..8 * b + 8].iter().sum::<i32>()
+    }
+
+    /// Sum of the quantized values of half `h` (16 values) of block `b`.
+    #[inline(always)]
+    fn half_sum(&self, b: usize, h: usize) -> i32 {
+        -self.nl[8 * b + 4 * h..8 * b + 4 * h + 4]
+            .iter()
+            .sum::<i32>()
+    }
+}
+
+/// An owned quantized activation row (reused between products: no allocation per token).
+#[derive(Default, Debug, Clone)]
+pub struct ActBuf {
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    pub nl: Vec<i32>,
+}
+
+impl ActBuf {
+    pub fn view(&self) -> Acts<'_> {
+        Acts {
+            q: &self.q,
+            d: &self.d,
+            nl: &self.nl,
+        }
+    }
+}
+
+/// Quantize `x` (a multiple of 32 values) into `buf` (resized as needed).
+pub fn quantize_acts(x: &[f32], buf: &mut ActBuf) {
+    assert!(
+        x.len().is_multiple_of(32),
+        "int8 activations need whole blocks"
+    );
+    let nb = x.len() / 32;
+    buf.q.resize(x.len(), 0);
+    buf.d.resize(nb, 0.0);
+    buf.nl.resize(8 * nb, 0);
+    quantize_impl(x, &mut buf.q, &mut buf.d, &mut buf.nl);
+}
+
+dispatch!(quantize_impl(x: &[f32], q: &mut [i8], d: &mut [f32], nl: &mut [i32]) -> () {
+    for (((xb, qb), db), sb) in x
+        .chunks_exact(32)
+        .zip(q.chunks_exact_mut(32))
+        .zip(d.iter_mut())
+        .zip(nl.chunks_exact_mut(8))
+    {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        *db = amax / 127.0;
+        let mut tmp = [0i32; 32];
+        for (t, v) in tmp.iter_mut().zip(xb) {
+            // |v * id| <= 127 (up to rounding of id): the clamp only guards that rounding.
+            *t = ((v * id).round_ties_even() as i32).clamp(-127, 127);
+        }
+        for (o, t) in qb.iter_mut().zip(&tmp) {
+            *o = *t as i8;
+        }
+        for (o, t) in sb.iter_mut().zip(tmp.chunks_exact(4)) {
+            *o = -(t[0] + t[1] + t[2] + t[3]);
+        }
+    }
+});
+
+/// An int8 row kernel: `(row bytes, quantized activations) -> W[r] . x`.
+///
+/// Unsafe to call: the kernel may use CPU features ([`kernel`] only hands out supported
+/// ones) and indexes unchecked: `row.len() == ty.row_bytes(n)` with `n = acts.q.len()`,
+/// `acts.d.len() >= n / 32`, `acts.nl.len() >= n / 4`.
+pub type Int8Dot = unsafe fn(&[u8], Acts<'_>) -> f32;
+
+/// The kernel family: VNNI needs AVX-512 VL + VNNI on top of [`SimdLevel::Avx512`]; an
+/// AVX-512 CPU without VNNI takes the AVX2 kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Scalar,
+    Avx2,
+    Vnni,
+}
+
+/// The int8 level for a `f32` kernel level (clamped to what the CPU has).
+pub fn level_for(s: SimdLevel) -> Level {
+    let s = s.min(hw_simd_level());
+    #[cfg(target_arch = "x86_64")]
+    {
+        if s == SimdLevel::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni") {
+            return Level::Vnni;
+        }
+        if s >= SimdLevel::Avx2 {
+            return Level::Avx2;
+        }
+    }
+    let _ = s;
+    Level::Scalar
+}
+
+/// Whether the CPU runs `level`.
+pub fn available(level: Level) -> bool {
+    level <= level_for(SimdLevel::Avx512)
+}
+
+/// The kernel of `ty` at `level` (clamped to what the CPU has); `None` for types without one.
+pub fn kernel(level: Level, ty: GgmlType) -> Option<Int8Dot> {
+    if !supported(ty) {
+        return None;
+    }
+    let level = level.min(level_for(SimdLevel::Avx512));
+    #[cfg(target_arch = "x86_64")]
+    {
+        use GgmlType::*;
+        let k: Option<Int8Dot> = match (level, ty) {
+            (Level::Vnni, Q8_0) => Some(x86::q8_0_vnni),
+            (Level::Vnni, Q5_0) => Some(x86::q5_0_vnni),
+            (Level::Vnni, Q5_1) => Some(x86::q5_1_vnni),
+            (Level::Vnni, Q4K) => Some(x86::q4_k_vnni),
+            (Level::Vnni, Q6K) => Some(x86::q6_k_vnni),
+            (Level::Avx2, Q8_0) => Some(x86::q8_0_avx2),
+            (Level::Avx2, Q5_0) => Some(x86::q5_0_avx2),
+            (Level::Avx2, Q5_1) => Some(x86::q5_1_avx2),
+            (Level::Avx2, Q4K) => Some(x86::q4_k_avx2),
+            (Level::Avx2, Q6K) => Some(x86::q6_k_avx2),
+            _ => None,
+        };
+        if k.is_some() {
+            return k;
+        }
+    }
+    Some(scalar_kernel(ty))
+}
+
+/// `W[r] . x` for one row at `level` (tests call every level). Panics if the CPU lacks
+/// `level`, the type has no kernel, or the lengths do not match.
+pub fn dot_row_at(level: Level, ty: GgmlType, row: &[u8], acts: Acts<'_>) -> f32 {
+    assert!(available(level), "CPU lacks {level:?}");
+    let n = acts.q.len();
+    check_acts(ty, row.len(), acts);
+    assert!(n.is_multiple_of(ty.block_size()));
+    let k = kernel(level, ty).expect("a type with int8 kernels");
+    // SAFETY: the level is supported and the lengths were checked.
+    unsafe { k(row, acts) }
+}
+
+fn check_acts(ty: GgmlType, row_bytes: usize, acts: Acts<'_>) {
+    let n = acts.q.len();
+    assert_eq!(row_bytes, ty.row_bytes(n));
+    assert!(acts.d.len() >= n / 32 && acts.nl.len() >= n / 4);
+}
+
+thread_local! {
+    static ACTS: RefCell<ActBuf> = RefCell::new(ActBuf::default());
+}
+
+/// `y[r] = W[r] . x` for one token through the int8 kernels: `x` is quantized once into a
+/// per-thread buffer, then weight rows are split over the thread pool like the `f32`
+/// decode ([`kernels::matvec_fused`]). Falls back to the `f32` kernels for types without
+/// int8 kernels or rows that are not whole 32-value blocks.
+#[allow(clippy::too_many_arguments)]
+pub fn matvec(
+    level: Level,
+    ty: GgmlType,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    y: &mut [f32],
+) {
+    kernels::check_shapes(ty, data, rows, cols, x, 1, y);
+    let kern = match kernel(level, ty) {
+        Some(k) if cols.is_multiple_of(32) && cols.is_multiple_of(ty.block_size()) => k,
+        _ => {
+            let f = kernels::default_level();
+            return kernels::matvec_fused(f, ty, data, rows, cols, x, 1, y);
+        }
+    };
+    let rb = ty.row_bytes(cols);
+    ACTS.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        quantize_acts(x, &mut buf);
+        let acts = buf.view();
+        let out = OutPtr::new(y);
+        kernels::par_rows(rows, rb, 16, |range| {
+            for r in range {
+                let row = &data[r * rb..(r + 1) * rb];
+                // SAFETY: `kern` is of a supported level; `row` is `ty.row_bytes(cols)` bytes
+                // and `acts` was quantized from `cols` values (checked above). Index `r` is
+                // in bounds and owned by this task's row range.
+                unsafe { *out.get().add(r) = kern(row, acts) };
+            }
+        });
+    });
+}
+
+// ------------------------------------------------------------------------------------------
+// Portable kernels (the reference)
+// ------------------------------------------------------------------------------------------
+
+fn scalar_kernel(ty: GgmlType) -> Int8Dot {
+    use GgmlType::*;
+    match ty {
+        Q8_0 => scalar_q8_0,
+        Q5_0 => scalar_q5_0,
+        Q5_1 => scalar_q5_1,
+        Q4K => scalar_q4_k,
+        Q6K => scalar_q6_k,
+        other => panic!("no int8 kernel for {}", other.name()),
+    }
+}
+
+#[inline(always)]
+fn f16le(b: &[u8], i: usize) -> f32 {
+    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// `sum_j w[j] * x[j]` on integers.
+#[inline(always)]
+fn idot(w: impl Iterator<Item = i32>, x: &[i8]) -> i32 {
+    w.zip(x).map(|(a, b)| a * *b as i32).sum()
+}
+
+/// The 32 unsigned 5-bit codes of a Q5_0/Q5_1 block (`qh` bits, then 16 nibble bytes).
+#[inline(always)]
+fn q5_codes(qh: u32, qs: &[u8]) -> [i32; 32] {
+    let mut c = [0i32; 32];
+    for j in 0..16 {
+        c[j] = (qs[j] & 0xF) as i32 | (((qh >> j) & 1) << 4) as i32;
+        c[j + 16] = (qs[j] >> 4) as i32 | (((qh >> (j + 16)) & 1) << 4) as i32;
+    }
+    c
+}
+
+unsafe fn scalar_q8_0(row: &[u8], a: Acts<'_>) -> f32 {
+    let mut acc = 0f32;
+    for (b, (blk, xq)) in row.chunks_exact(34).zip(a.q.chunks_exact(32)).enumerate() {
+        let i = idot(blk[2..].iter().map(|w| *w as i8 as i32), xq);
+        acc += f16le(blk, 0) * a.d[b] * i as f32;
+    }
+    acc
+}
+
+unsafe fn scalar_q5_0(row: &[u8], a: Acts<'_>) -> f32 {
+    let mut acc = 0f32;
+    for (b, (blk, xq)) in row.chunks_exact(22).zip(a.q.chunks_exact(32)).enumerate() {
+        let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+        let i = idot(q5_codes(qh, &blk[6..]).into_iter(), xq) - 16 * a.sum(b);
+        acc += f16le(blk, 0) * a.d[b] * i as f32;
+    }
+    acc
+}
+
+unsafe fn scalar_q5_1(row: &[u8], a: Acts<'_>) -> f32 {
+    let mut acc = 0f32;
+    for (b, (blk, xq)) in row.chunks_exact(24).zip(a.q.chunks_exact(32)).enumerate() {
+        let qh = u32::from_le_bytes([blk[4], blk[5], blk[6], blk[7]]);
+        let i = idot(q5_codes(qh, &blk[8..]).into_iter(), xq);
+        let (d, m) = (f16le(blk, 0), f16le(blk, 2));
+        acc += a.d[b] * (d * i as f32 + m * a.sum(b) as f32);
+    }
+    acc
+}
+
+unsafe fn scalar_q4_k(row: &[u8], a: Acts<'_>) -> f32 {
+    let mut acc = 0f32;
+    for (sb, blk) in row.chunks_exact(144).enumerate() {
+        let (d, dmin) = (f16le(blk, 0), f16le(blk, 2));
+        let (sc, qs) = (&blk[4..16], &blk[16..]);
+        for s in 0..8 {
+            let b = sb * 8 + s;
+            let (scale, min) = scale_min_k4(s, sc);
+            let q = &qs[32 * (s / 2)..32 * (s / 2) + 32];
+            let shift = 4 * (s % 2);
+            let i = idot(
+                q.iter().map(|v| ((v >> shift) & 0xF) as i32),
+                &a.q[32 * b..],
+            );
+            let f = d * scale as f32 * i as f32 - dmin * min as f32 * a.sum(b) as f32;
+            acc += a.d[b] * f;
+        }
+    }
+    acc
+}
+
+/// The 256 unsigned 6-bit codes of a Q6_K super-block (ggml's element order).
+#[inline(always)]
+fn q6_codes(blk: &[u8]) -> [i32; 256] {
+    let (ql, qh) = (&blk[..128], &blk[128..192]);
+    let mut c = [0i32; 256];
+    for n in 0..2 {
+        let (l0, h0) = (&ql[64 * n..], &qh[32 * n..]);
+        for l in 0..32 {
+            let h = h0[l] as i32;
+            let o = 128 * n + l;
+            c[o] = (l0[l] & 0xF) as i32 | (h & 3) << 4;
+            c[o + 32] = (l0[l + 32] & 0xF) as i32 | ((h >> 2) & 3) << 4;
+            c[o + 64] = (l0[l] >> 4) as i32 | ((h >> 4) & 3) << 4;
+            c[o + 96] = (l0[l + 32] >> 4) as i32 | ((h >> 6) & 3) << 4;
+        }
+    }
+    c
+}
+
+unsafe fn scalar_q6_k(row: &[u8], a: Acts<'_>) -> f32 {
+    let mut acc = 0f32;
+    for (sb, blk) in row.chunks_exact(210).enumerate() {
+        let codes = q6_codes(blk);
+        let d = f16le(blk, 208);
+        for g in 0..8 {
+            let b = sb * 8 + g;
+            let mut i = 0i32;
+            for h in 0..2 {
+                let e = 32 * g + 16 * h;
+                let x = &a.q[32 * b + 16 * h..32 * b + 16 * h + 16];
+                let sc = blk[192 + 2 * g + h] as i8 as i32;
+                i += sc * (idot(codes[e..e + 16].iter().copied(), x) - 32 * a.half_sum(b, h));
+            }
+            acc += d * a.d[b] * i as f32;
+        }
+    }
+    acc
+}
+
+#[cfg(test)]
+#[path = "int8_decode_tests.rs"]
+mod tests;
