@@ -50,9 +50,9 @@ compare_greedy() { # MODEL PROMPT_FILE [LORA for alpaca]
   local ll ours
   ll=$("$L/alpaca-llamacpp-greedy" "$1" 64 "$T" <"$2" 2>/dev/null)
   if [ -n "${3:-}" ]; then
-    ours=$("$A" run -m "$M" --lora "$3" -f "$2" --template raw --temp 0 -n 64 --ignore-eos --ids -t "$T")
+    ours=$("$A" run -m "$M" --lora "$3" -f "$2" --template raw --temp 0 -n 64 --ignore-eos --ids -t "$T" --f32-activations)
   else
-    ours=$("$A" run -m "$1" -f "$2" --template raw --temp 0 -n 64 --ignore-eos --ids -t "$T")
+    ours=$("$A" run -m "$1" -f "$2" --template raw --temp 0 -n 64 --ignore-eos --ids -t "$T" --f32-activations)
   fi
   python3 - "$ll" "$ours" "$(basename "$1") $(basename "$2")" <<'EOF'
 import json, sys
@@ -78,7 +78,7 @@ python3 scripts/make_ppl_text.py "$W/ppl.txt" >/dev/null
 for q in f16 q8_0 q4_0 q4_1 q4_k; do
   ll=$("$L/llama-perplexity" -m "$W/smol-$q.gguf" -f "$W/ppl.txt" -c 512 --chunks 4 -t "$T" 2>&1 |
     sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
-  ours=$("$A" perplexity -m "$W/smol-$q.gguf" -f "$W/ppl.txt" --ctx 512 --chunks 4 -t "$T" 2>/dev/null |
+  ours=$("$A" perplexity -m "$W/smol-$q.gguf" -f "$W/ppl.txt" --ctx 512 --chunks 4 -t "$T" --f32-activations 2>/dev/null |
     sed -n 's/^PPL = //p')
   python3 -c "a,b=$ll,$ours; print(f'$q: llama.cpp {a:.4f}  alpaca {b:.4f}  ({100*(a-b)/b:+.2f}%)')"
 done

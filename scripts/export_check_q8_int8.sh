@@ -37,7 +37,7 @@ PROMPTS="alpaca chatml code unicode long"
 fails=0
 for p in $PROMPTS; do
   ll=$("$L/alpaca-llamacpp-greedy" "$Q" 64 "$T" <"$W/p-$p.txt" 2>/dev/null)
-  f32=$("$A" run -m "$Q" -f "$W/p-$p.txt" --template raw --temp 0 -n 64 --ignore-eos --ids -t "$T")
+  f32=$("$A" run -m "$Q" -f "$W/p-$p.txt" --template raw --temp 0 -n 64 --ignore-eos --ids -t "$T" --f32-activations)
   i8=$("$A" run -m "$Q" -f "$W/p-$p.txt" --template raw --temp 0 -n 64 --ignore-eos --ids -t "$T" --int8-activations)
   python3 - "$ll" "$f32" "$i8" "$p" <<'PY' || fails=$((fails + 1))
 import json, sys
@@ -83,7 +83,7 @@ omp=(); grep -q '^GGML_OPENMP:BOOL=ON' "$B/CMakeCache.txt" && omp=(-fopenmp)
   "${omp[@]}" -lpthread -ldl -o "$W/probe"
 for p in $PROMPTS; do
   ALP_DUMP="$W/ll-$p.txt" "$W/probe" "$Q" 1 "$T" <"$W/p-$p.txt" >/dev/null 2>&1
-  for f in "" --int8-activations; do
+  for f in --f32-activations --int8-activations; do
     "$A" run -m "$Q" -f "$W/p-$p.txt" --template raw --temp 0 -n 0 -t "$T" $f --dump-logits "$W/ours-$p$f.json" >/dev/null
   done
   python3 - "$W" "$p" <<'PY'
@@ -91,10 +91,10 @@ import json, sys
 w, p = sys.argv[1:3]
 ll = [float(l) for l in open(f"{w}/ll-{p}.txt")]
 out = []
-for f in ["", "--int8-activations"]:
+for f in ["--f32-activations", "--int8-activations"]:
     o = json.load(open(f"{w}/ours-{p}{f}.json"))["logits"][-1]
     d = max(abs(a - b) for a, b in zip(ll, o))
-    out.append(f"{f or 'f32 activations'}: max |difference| {d:.3g}")
+    out.append(f"{f}: max |difference| {d:.3g}")
 print(f"{p}: " + "; ".join(out) + f" (over {len(ll)} logits)")
 PY
 done

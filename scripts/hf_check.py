@@ -85,7 +85,7 @@ def our_logits(args, model: Path, prompt: str, work: Path, tag: str, lora: Path 
 
     out = work / f"logits-{tag}.json"
     cmd = [args.alpaca, "run", "-m", model, "-p", prompt, "--template", "raw", "-n", "0",
-           "--dump-logits", out, "-t", str(args.threads)]
+           "--dump-logits", out, "-t", str(args.threads), "--f32-activations"]
     if lora:
         cmd += ["--lora", lora]
     sh(cmd)
@@ -182,7 +182,8 @@ def main() -> None:
             gen = []
             for m in (args.model, hf_dir):
                 r = sh([args.alpaca, "run", "-m", m, "-p", p, "--template", "raw", "--temp", "0",
-                        "-n", "32", "--ignore-eos", "--ids", "-t", str(args.threads)])
+                        "-n", "32", "--ignore-eos", "--ids", "-t", str(args.threads),
+                        "--f32-activations"])
                 gen.append(json.loads(r.stdout))
             ids = json.loads((work / f"logits-hf{i + 1}.json").read_text())["ids"]
             hf_gen = greedy(model, ids, 32)

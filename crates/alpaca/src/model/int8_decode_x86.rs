@@ -4,10 +4,10 @@
 //! anyway) or by `maddubs` + `madd` (AVX2; no saturation: every unsigned operand here is at
 //! most 128, so a pair of products stays below 2^15).
 //!
-//! Per-block scales are converted in a separate pass into a small stack array before the
-//! integer loop (converting them inside it lets the compiler chain each block's scale to the
-//! previous FMA, which halved the `f32` kernels' speed), together with the offset corrections
-//! `offset * d * sum(q_x)`. Two accumulators alternate to hide the FMA latency.
+//! Per-block scales are converted inside the loop from a fresh register (`vmovd` then
+//! `vcvtph2ps`: no false dependency on an accumulator); a separate scale pass was slower
+//! (the compiler vectorized it into address extractions). Two accumulators alternate to hide
+//! the FMA latency.
 //!
 //! Safety contract of every `unsafe fn` here: the CPU has the enabled features and the
 //! lengths are those of [`Int8Dot`](super::Int8Dot).
@@ -18,9 +18,6 @@ use std::arch::x86_64::*;
 
 use super::Acts;
 use crate::model::quant::scale_min_k4;
-
-/// Blocks whose scales one pass converts.
-const CH: usize = 64;
 
 /// One f16 at `p` as f32.
 #[inline(always)]
@@ -91,24 +88,17 @@ macro_rules! int8_kernels {
             let nb = a.q.len() / 32;
             let (rp, xp, dp) = (row.as_ptr(), a.q.as_ptr(), a.d.as_ptr());
             let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut ds = [0f32; CH];
-            let mut b0 = 0;
-            while b0 < nb {
-                let n = CH.min(nb - b0);
-                for j in 0..n {
-                    ds[j] = f16_1(rp.add((b0 + j) * 34)) * *dp.add(b0 + j);
-                }
-                let mut j = 0;
-                while j + 2 <= n {
-                    let (b, c) = (b0 + j, b0 + j + 1);
-                    a0 = _mm256_fmadd_ps(q8_blk(rp, xp, b), _mm256_set1_ps(ds[j]), a0);
-                    a1 = _mm256_fmadd_ps(q8_blk(rp, xp, c), _mm256_set1_ps(ds[j + 1]), a1);
-                    j += 2;
-                }
-                if j < n {
-                    a0 = _mm256_fmadd_ps(q8_blk(rp, xp, b0 + j), _mm256_set1_ps(ds[j]), a0);
-                }
-                b0 += n;
+            let mut b = 0;
+            while b + 2 <= nb {
+                let d0 = f16_1(rp.add(b * 34)) * *dp.add(b);
+                let d1 = f16_1(rp.add(b * 34 + 34)) * *dp.add(b + 1);
+                a0 = _mm256_fmadd_ps(q8_blk(rp, xp, b), _mm256_set1_ps(d0), a0);
+                a1 = _mm256_fmadd_ps(q8_blk(rp, xp, b + 1), _mm256_set1_ps(d1), a1);
+                b += 2;
+            }
+            if b < nb {
+                let d0 = f16_1(rp.add(b * 34)) * *dp.add(b);
+                a0 = _mm256_fmadd_ps(q8_blk(rp, xp, b), _mm256_set1_ps(d0), a0);
             }
             hsum(a0, a1)
         }
@@ -156,35 +146,34 @@ macro_rules! int8_kernels {
             let nb = a.q.len() / 32;
             let (rp, xp, dp, lp) = (row.as_ptr(), a.q.as_ptr(), a.d.as_ptr(), a.nl.as_ptr());
             let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            // Q5_1's mins, in four partial sums (no long dependency chain).
-            let mut corr = [0f32; 4];
-            let mut ds = [0f32; CH];
-            let mut b0 = 0;
-            while b0 < nb {
-                let n = CH.min(nb - b0);
-                for j in 0..n {
-                    let b = b0 + j;
-                    let p = rp.add(b * ts);
-                    let dx = *dp.add(b);
-                    ds[j] = f16_1(p) * dx;
-                    if min {
-                        corr[j % 4] += f16_1(p.add(2)) * dx * a.sum(b) as f32;
-                    }
+            // Q5_1's mins, in two partial sums.
+            let (mut c0, mut c1) = (0f32, 0f32);
+            let mut b = 0;
+            while b + 2 <= nb {
+                let (p0, p1) = (rp.add(b * ts), rp.add(b * ts + ts));
+                let (x0, x1) = (*dp.add(b), *dp.add(b + 1));
+                let (d0, d1) = (f16_1(p0) * x0, f16_1(p1) * x1);
+                a0 = _mm256_fmadd_ps(q5_blk(rp, xp, lp, b, min), _mm256_set1_ps(d0), a0);
+                a1 = _mm256_fmadd_ps(q5_blk(rp, xp, lp, b + 1, min), _mm256_set1_ps(d1), a1);
+                if min {
+                    c0 += f16_1(p0.add(2)) * x0 * a.sum(b) as f32;
+                    c1 += f16_1(p1.add(2)) * x1 * a.sum(b + 1) as f32;
                 }
-                let mut j = 0;
-                while j + 2 <= n {
-                    let (b, c) = (b0 + j, b0 + j + 1);
-                    a0 = _mm256_fmadd_ps(q5_blk(rp, xp, lp, b, min), _mm256_set1_ps(ds[j]), a0);
-                    a1 = _mm256_fmadd_ps(q5_blk(rp, xp, lp, c, min), _mm256_set1_ps(ds[j + 1]), a1);
-                    j += 2;
-                }
-                if j < n {
-                    let blk = q5_blk(rp, xp, lp, b0 + j, min);
-                    a0 = _mm256_fmadd_ps(blk, _mm256_set1_ps(ds[j]), a0);
-                }
-                b0 += n;
+                b += 2;
             }
-            hsum(a0, a1) + ((corr[0] + corr[1]) + (corr[2] + corr[3]))
+            if b < nb {
+                let p0 = rp.add(b * ts);
+                let x0 = *dp.add(b);
+                a0 = _mm256_fmadd_ps(
+                    q5_blk(rp, xp, lp, b, min),
+                    _mm256_set1_ps(f16_1(p0) * x0),
+                    a0,
+                );
+                if min {
+                    c0 += f16_1(p0.add(2)) * x0 * a.sum(b) as f32;
+                }
+            }
+            hsum(a0, a1) + (c0 + c1)
         }
 
         #[target_feature(enable = $feat)]
