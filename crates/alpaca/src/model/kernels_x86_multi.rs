@@ -612,3 +612,55 @@ avx2_fn! {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// GEMM panels: 8 unpacked rows, transposed into the k-major panel
+// ------------------------------------------------------------------------------------------
+
+avx2_fn! {
+    /// `panel[k * ldp + j] = rows[j * cols + k]` for `j < 8`, `k < cols`: 8x8 blocks
+    /// transposed in registers, the `cols % 8` tail by scalar stores. Needs
+    /// `rows.len() >= 8 * cols` and `panel.len() >= (cols - 1) * ldp + 8`.
+    fn transpose8_256(rows: &[f32], cols: usize, panel: &mut [f32], ldp: usize) -> () {
+        let (sp, dp) = (rows.as_ptr(), panel.as_mut_ptr());
+        let mut k = 0;
+        while k + 8 <= cols {
+            let r: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(sp.add(j * cols + k)));
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let o = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (i, v) in o.iter().enumerate() {
+                _mm256_storeu_ps(dp.add((k + i) * ldp), *v);
+            }
+            k += 8;
+        }
+        for kk in k..cols {
+            for j in 0..8 {
+                *dp.add(kk * ldp + j) = *sp.add(j * cols + kk);
+            }
+        }
+    }
+}
