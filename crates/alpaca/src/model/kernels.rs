@@ -28,7 +28,7 @@ use crate::model::kernels_x86 as x86;
 
 #[path = "kernels_multi.rs"]
 mod multi;
-pub use multi::{matvec_fused_multi, matvec_multi, matvec_tiled, unpack_row_at};
+pub use multi::{matvec_fused_multi, matvec_multi, matvec_pair, matvec_tiled, unpack_row_at};
 
 /// A fused row kernel: `(row bytes, x, block sums of x) -> W[r] . x`.
 ///
