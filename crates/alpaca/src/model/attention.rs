@@ -89,6 +89,27 @@ impl KvCache {
         self.len = len;
     }
 
+    /// Fill this empty cache with the first `len` positions of `other` (a cache of the same
+    /// model): a shared prompt prefix computed once. Returns false, changing nothing, when
+    /// this cache is not empty, the shapes differ, or `len` exceeds `other` or the capacity.
+    pub fn copy_prefix(&mut self, other: &KvCache, len: usize) -> bool {
+        if self.len != 0
+            || self.kv_dim != other.kv_dim
+            || self.k.len() != other.k.len()
+            || len > other.len
+            || len > self.capacity
+        {
+            return false;
+        }
+        let n = len * self.kv_dim;
+        for l in 0..self.k.len() {
+            self.k[l].extend_from_slice(&other.k[l][..n]);
+            self.v[l].extend_from_slice(&other.v[l][..n]);
+        }
+        self.len = len;
+        true
+    }
+
     /// Append `t` positions of keys and values for `layer` (each `t x kv_dim`). The caller
     /// appends every layer, then calls [`KvCache::advance`].
     pub fn push(&mut self, layer: usize, k: &[f32], v: &[f32]) {
