@@ -655,6 +655,12 @@ impl Metrics {
             ld(&s.prompt_tokens),
         );
         metric(
+            "alpaca_cached_prompt_tokens_total",
+            "counter",
+            "Prompt tokens whose keys and values were copied from a shared prefix.",
+            ld(&s.cached_prompt_tokens),
+        );
+        metric(
             "alpaca_generated_tokens_total",
             "counter",
             "Tokens generated.",

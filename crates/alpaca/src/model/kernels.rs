@@ -28,7 +28,7 @@ use crate::model::kernels_x86 as x86;
 
 #[path = "kernels_multi.rs"]
 mod multi;
-pub use multi::{matvec_fused_multi, matvec_multi, matvec_tiled, unpack_row_at};
+pub use multi::{matvec_fused_multi, matvec_multi, matvec_pair, matvec_tiled, unpack_row_at};
 
 /// A fused row kernel: `(row bytes, x, block sums of x) -> W[r] . x`.
 ///
@@ -341,6 +341,7 @@ pub fn matvec_fused(
 
 dispatch!(dequant_rows(ty: GgmlType, data: &[u8], cols: usize, r0: usize, nr: usize, buf: &mut [f32], panel: &mut [f32]) -> () {
     // Dequantize rows r0..r0+nr and store them k-major, NR wide; missing rows are zero.
+    // The portable path and the reference of `multi::fill_panel` (SIMD unpack + transpose).
     let rb = ty.row_bytes(cols);
     for j in 0..NR {
         if j < nr {
@@ -398,9 +399,9 @@ pub fn gemm(
         let nr = NR.min(rows - r0);
         PANEL.with(|p| {
             let mut p = p.borrow_mut();
-            p.resize(cols * (NR + 1), 0.0);
+            p.resize(cols * (NR + 8), 0.0);
             let (panel, buf) = p.split_at_mut(cols * NR);
-            dequant_rows(ty, data, cols, r0, nr, buf, panel);
+            multi::fill_panel(level, ty, data, cols, r0, nr, buf, panel);
             let mut tmp = [0f32; 16 * NR];
             let mut i0 = 0;
             while i0 < t {

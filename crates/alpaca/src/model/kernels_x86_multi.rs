@@ -612,3 +612,165 @@ avx2_fn! {
         }
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// GEMM panels: 8 unpacked rows, transposed into the k-major panel
+// ------------------------------------------------------------------------------------------
+
+avx2_fn! {
+    /// `panel[k * ldp + j] = rows[j * cols + k]` for `j < 8`, `k < cols`: 8x8 blocks
+    /// transposed in registers, the `cols % 8` tail by scalar stores. Needs
+    /// `rows.len() >= 8 * cols` and `panel.len() >= (cols - 1) * ldp + 8`.
+    fn transpose8_256(rows: &[f32], cols: usize, panel: &mut [f32], ldp: usize) -> () {
+        let (sp, dp) = (rows.as_ptr(), panel.as_mut_ptr());
+        let mut k = 0;
+        while k + 8 <= cols {
+            let r: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(sp.add(j * cols + k)));
+            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            let o = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (i, v) in o.iter().enumerate() {
+                _mm256_storeu_ps(dp.add((k + i) * ldp), *v);
+            }
+            k += 8;
+        }
+        for kk in k..cols {
+            for j in 0..8 {
+                *dp.add(kk * ldp + j) = *sp.add(j * cols + kk);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// AVX-512 two-row fused kernels: two weight rows decoded per 32-value block into registers
+// and dotted with up to `PAIR_512` tokens (2 x G accumulators): no unpacked buffer stored
+// and reloaded, and each x load feeds two FMAs.
+// ------------------------------------------------------------------------------------------
+
+/// Most tokens per two-row call.
+pub const PAIR_512: usize = 8;
+
+/// `(rows, rb, x, cols, g, out, ldo)`: `out[i * ldo + j] = W[j] . x[i]` for the two rows of
+/// `rb` bytes at `rows` and `g <= PAIR_512` rows of `x` (stride `cols`, a multiple of 32).
+pub type PairFn = unsafe fn(&[u8], usize, &[f32], usize, usize, *mut f32, usize);
+
+/// The two 16-value halves of the Q4_0 block at `p`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn block_q4_0(p: *const u8) -> (__m512, __m512) {
+    let d = _mm512_set1_ps(f16_1(p));
+    let q = u8x16(p.add(2));
+    let k8 = _mm512_set1_epi32(8);
+    let lo = _mm512_sub_epi32(_mm512_and_si512(q, _mm512_set1_epi32(0xF)), k8);
+    let hi = _mm512_sub_epi32(_mm512_srli_epi32(q, 4), k8);
+    (
+        _mm512_mul_ps(_mm512_cvtepi32_ps(lo), d),
+        _mm512_mul_ps(_mm512_cvtepi32_ps(hi), d),
+    )
+}
+
+/// The two 16-value halves of the Q4_1 block at `p`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn block_q4_1(p: *const u8) -> (__m512, __m512) {
+    let (d, m) = f16_2(p);
+    let (d, m) = (_mm512_set1_ps(d), _mm512_set1_ps(m));
+    let q = u8x16(p.add(4));
+    let lo = _mm512_cvtepi32_ps(_mm512_and_si512(q, _mm512_set1_epi32(0xF)));
+    let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(q, 4));
+    (_mm512_fmadd_ps(lo, d, m), _mm512_fmadd_ps(hi, d, m))
+}
+
+/// The two 16-value halves of the Q8_0 block at `p`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn block_q8_0(p: *const u8) -> (__m512, __m512) {
+    let d = _mm512_set1_ps(f16_1(p));
+    let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16(p.add(2))));
+    let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load16(p.add(18))));
+    (_mm512_mul_ps(lo, d), _mm512_mul_ps(hi, d))
+}
+
+macro_rules! pair512 {
+    ($($name:ident = $block:ident, $bs:expr;)*) => {$(
+        pub unsafe fn $name(w: &[u8], rb: usize, x: &[f32], cols: usize, g: usize, out: *mut f32, ldo: usize) {
+            #[inline]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+            unsafe fn imp<const G: usize>(w: *const u8, rb: usize, x: *const f32, cols: usize, out: *mut f32, ldo: usize) {
+                let mut a0 = [_mm512_setzero_ps(); G];
+                let mut a1 = [_mm512_setzero_ps(); G];
+                for b in 0..cols / 32 {
+                    let (l0, h0) = $block(w.add(b * $bs));
+                    let (l1, h1) = $block(w.add(rb + b * $bs));
+                    for i in 0..G {
+                        let xv = _mm512_loadu_ps(x.add(i * cols + 32 * b));
+                        a0[i] = _mm512_fmadd_ps(l0, xv, a0[i]);
+                        a1[i] = _mm512_fmadd_ps(l1, xv, a1[i]);
+                    }
+                    for i in 0..G {
+                        let xv = _mm512_loadu_ps(x.add(i * cols + 32 * b + 16));
+                        a0[i] = _mm512_fmadd_ps(h0, xv, a0[i]);
+                        a1[i] = _mm512_fmadd_ps(h1, xv, a1[i]);
+                    }
+                }
+                // Two tokens' two sums per transposing reduction.
+                let mut i = 0;
+                while i + 2 <= G {
+                    let s = sum4_512(a0[i], a1[i], a0[i + 1], a1[i + 1]);
+                    _mm_storel_epi64(out.add(i * ldo) as *mut __m128i, _mm_castps_si128(s));
+                    let hi = _mm_castps_si128(_mm_movehl_ps(s, s));
+                    _mm_storel_epi64(out.add((i + 1) * ldo) as *mut __m128i, hi);
+                    i += 2;
+                }
+                if i < G {
+                    *out.add(i * ldo) = _mm512_reduce_add_ps(a0[i]);
+                    *out.add(i * ldo + 1) = _mm512_reduce_add_ps(a1[i]);
+                }
+            }
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+            unsafe fn go(w: *const u8, rb: usize, x: *const f32, cols: usize, g: usize, out: *mut f32, ldo: usize) {
+                match g {
+                    8 => imp::<8>(w, rb, x, cols, out, ldo),
+                    7 => imp::<7>(w, rb, x, cols, out, ldo),
+                    6 => imp::<6>(w, rb, x, cols, out, ldo),
+                    5 => imp::<5>(w, rb, x, cols, out, ldo),
+                    4 => imp::<4>(w, rb, x, cols, out, ldo),
+                    3 => imp::<3>(w, rb, x, cols, out, ldo),
+                    2 => imp::<2>(w, rb, x, cols, out, ldo),
+                    _ => imp::<1>(w, rb, x, cols, out, ldo),
+                }
+            }
+            go(w.as_ptr(), rb, x.as_ptr(), cols, g, out, ldo)
+        }
+    )*};
+}
+
+pair512! {
+    pair_q4_0_512 = block_q4_0, 18;
+    pair_q4_1_512 = block_q4_1, 20;
+    pair_q8_0_512 = block_q8_0, 34;
+}
