@@ -122,6 +122,68 @@ dispatch!(axpy(alpha: f32, x: &[f32], y: &mut [f32]) -> () {
     }
 });
 
+/// 16 lanes of partial sums of `f(i)` over `0..n` (the order [`dot_inline`] sums in).
+#[inline(always)]
+fn sum16(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let full = n / 16 * 16;
+    for c in (0..full).step_by(16) {
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a += f(c + i);
+        }
+    }
+    let s: f32 = (full..n).map(&f).sum();
+    hsum16(&acc) + s
+}
+
+dispatch!(rms_backward_row(x: &[f32], w: &[f32], dy: &[f32], r: f32, dx: &mut [f32]) -> () {
+    // RMSNorm backward of one row (`r = 1/rms(x)`), added into `dx`:
+    // `dx_i += r w_i dy_i - r^3/d x_i sum_j(dy_j w_j x_j)`.
+    let d = x.len();
+    let (w, dy, dx) = (&w[..d], &dy[..d], &mut dx[..d]);
+    let s = sum16(d, |j| dy[j] * w[j] * x[j]);
+    let c = r * r * r * s / d as f32;
+    for (j, o) in dx.iter_mut().enumerate() {
+        *o += r * w[j] * dy[j] - c * x[j];
+    }
+});
+
+dispatch!(softmax_backward_row(dp: &mut [f32], p: &[f32], scale: f32) -> () {
+    // From `dp = dL/dp` of one softmax row `p`: `dz = p (dp - sum(p dp)) scale`, in place.
+    let p = &p[..dp.len()];
+    let s = dot_inline(dp, p);
+    for (d, &pi) in dp.iter_mut().zip(p) {
+        *d = pi * (*d - s) * scale;
+    }
+});
+
+dispatch!(softmax_poly(x: &mut [f32]) -> () {
+    // [`softmax`] over [`exp_poly`] (relative error about 2e-7), vectorized.
+    let mut m16 = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for i in 0..16 {
+            m16[i] = if c[i] > m16[i] { c[i] } else { m16[i] };
+        }
+    }
+    let max = chunks.remainder().iter().chain(&m16).fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut acc = [0f32; 16];
+    let mut lanes = x.chunks_exact_mut(16);
+    for c in &mut lanes {
+        for i in 0..16 {
+            c[i] = exp_poly(c[i] - max);
+            acc[i] += c[i];
+        }
+    }
+    let mut s = 0f32;
+    for v in lanes.into_remainder() {
+        *v = exp_poly(*v - max);
+        s += *v;
+    }
+    let inv = 1.0 / (hsum16(&acc) + s);
+    x.iter_mut().for_each(|v| *v *= inv);
+});
+
 /// RMSNorm (Zhang & Sennrich 2019): `out = x / sqrt(mean(x^2) + eps) * w`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let ms = dot(x, x) / x.len() as f32;
@@ -142,16 +204,17 @@ pub fn rope_angles(pos: usize, rope_dim: usize, base: f32, cos: &mut [f32], sin:
     }
 }
 
-/// Apply RoPE in ggml's "normal" layout to one head: rotate adjacent pairs
-/// `(x[2i], x[2i+1])`. GGUF llama files store q/k permuted so that this layout is exact
-/// (llama.cpp `convert_hf_to_gguf.py` permutes HF's rotate-half layout into it).
-pub fn rope_normal(x: &mut [f32], cos: &[f32], sin: &[f32]) {
-    for i in 0..cos.len() {
-        let (a, b) = (x[2 * i], x[2 * i + 1]);
-        x[2 * i] = a * cos[i] - b * sin[i];
-        x[2 * i + 1] = a * sin[i] + b * cos[i];
+// Apply RoPE in ggml's "normal" layout to one head: rotate adjacent pairs
+// `(x[2i], x[2i+1])`. GGUF llama files store q/k permuted so that this layout is exact
+// (llama.cpp `convert_hf_to_gguf.py` permutes HF's rotate-half layout into it).
+dispatch!(rope_normal(x: &mut [f32], cos: &[f32], sin: &[f32]) -> () {
+    let x = &mut x[..2 * cos.len()];
+    for (i, p) in x.chunks_exact_mut(2).enumerate() {
+        let (a, b) = (p[0], p[1]);
+        p[0] = a * cos[i] - b * sin[i];
+        p[1] = a * sin[i] + b * cos[i];
     }
-}
+});
 
 /// Apply RoPE in the "neox" (rotate-half) layout: pairs `(x[i], x[i + d/2])`.
 pub fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
@@ -282,6 +345,41 @@ pub fn rms_norm_heads(x: &mut [f32], w: &[f32], eps: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn training_rows_match_their_scalar_formulas() {
+        for d in [5, 16, 64, 129, 576] {
+            let v = |k: f32| -> Vec<f32> { (0..d).map(|i| (i as f32 * k).sin()).collect() };
+            let (x, w, dy, base) = (v(0.37), v(0.11), v(0.53), v(0.71));
+            let r = 1.3f32;
+            let mut dx = base.clone();
+            rms_backward_row(&x, &w, &dy, r, &mut dx);
+            let s: f32 = (0..d).map(|j| dy[j] * w[j] * x[j]).sum();
+            for j in 0..d {
+                let want = base[j] + r * w[j] * dy[j] - r * r * r * s / d as f32 * x[j];
+                assert!((dx[j] - want).abs() < 1e-5, "rms d={d} j={j}");
+            }
+            let mut p = x.clone();
+            let mut want_p = x.clone();
+            softmax_poly(&mut p);
+            softmax(&mut want_p);
+            for j in 0..d {
+                assert!(
+                    (p[j] - want_p[j]).abs() < 1e-6 * want_p[j].max(1e-3),
+                    "softmax d={d}"
+                );
+            }
+            let mut dp = dy.clone();
+            softmax_backward_row(&mut dp, &p, 0.5);
+            let s: f32 = (0..d).map(|j| dy[j] * p[j]).sum();
+            for j in 0..d {
+                assert!(
+                    (dp[j] - p[j] * (dy[j] - s) * 0.5).abs() < 1e-6,
+                    "dsoftmax d={d}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn dot_matches_naive_on_odd_sizes() {

@@ -14,8 +14,8 @@ use super::model::{Norm, Weight};
 use crate::error::{Error, Result};
 use crate::model::attention::AttnShape;
 use crate::model::ops::{
-    dot, exp_shift_sum, gelu_tanh, rms_norm, rope_angles, rope_neox, rope_normal, scale_in_place,
-    silu, softmax, swiglu_backward, swiglu_into,
+    dot, exp_shift_sum, gelu_tanh, rms_backward_row, rms_norm, rope_angles, rope_neox, rope_normal,
+    scale_in_place, silu, softmax_backward_row, softmax_poly, swiglu_backward, swiglu_into,
 };
 
 // ------------------------------------------------------------------------------------------
@@ -57,7 +57,9 @@ pub fn embed_backward(embd: &mut Weight, tokens: &[u32], dx: &[f32], scale: f32)
 
 /// `x += y`, elementwise.
 pub fn add_into(x: &mut [f32], y: &[f32]) {
-    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+    x.par_chunks_mut(1 << 14)
+        .zip(y.par_chunks(1 << 14))
+        .for_each(|(x, y)| x.iter_mut().zip(y).for_each(|(a, b)| *a += b));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -92,20 +94,19 @@ pub fn rms_backward(
     dx.par_chunks_mut(d)
         .zip(x.par_chunks(d).zip(dy.par_chunks(d)))
         .zip(rstd.par_iter())
-        .for_each(|((o, (xr, dyr)), &r)| {
-            let s: f32 = (0..d).map(|j| dyr[j] * w[j] * xr[j]).sum();
-            let c = r * r * r * s / d as f32;
-            for j in 0..d {
-                o[j] += r * w[j] * dyr[j] - c * xr[j];
+        .for_each(|((o, (xr, dyr)), &r)| rms_backward_row(xr, w, dyr, r, o));
+    if let Norm::Train(p) = norm {
+        // Parallel over columns, sequential over rows: deterministic sums.
+        const COLS: usize = 64;
+        p.g.par_chunks_mut(COLS).enumerate().for_each(|(c, g)| {
+            let j0 = c * COLS;
+            for ((xr, dyr), &r) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(rstd) {
+                let (xr, dyr) = (&xr[j0..j0 + g.len()], &dyr[j0..j0 + g.len()]);
+                for ((gj, &dj), &xj) in g.iter_mut().zip(dyr).zip(xr) {
+                    *gj += dj * xj * r;
+                }
             }
         });
-    if let Norm::Train(p) = norm {
-        // Sequential over rows: deterministic sums.
-        for ((xr, dyr), &r) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(rstd) {
-            for j in 0..d {
-                p.g[j] += dyr[j] * xr[j] * r;
-            }
-        }
     }
 }
 
@@ -267,7 +268,7 @@ pub fn attention_forward(
                         .iter_mut()
                         .for_each(|z| *z = cap * (*z / cap).tanh());
                 }
-                softmax(&mut row[lo..=i]);
+                softmax_poly(&mut row[lo..=i]);
                 row[..lo].fill(0.0);
                 row[i + 1..].fill(0.0);
             }
@@ -380,10 +381,7 @@ pub fn attention_backward(
                     for i in i0..i1 {
                         let (dr, pr) = (&mut dp[i * len..(i + 1) * len], &p[i * len..]);
                         let lo = first_key(i, &a);
-                        let s: f32 = (lo..=i).map(|j| dr[j] * pr[j]).sum();
-                        for j in lo..=i {
-                            dr[j] = pr[j] * (dr[j] - s) * a.scale;
-                        }
+                        softmax_backward_row(&mut dr[lo..=i], &pr[lo..=i], a.scale);
                         if let (Some(cap), Some(raw)) = (a.softcap, &raw) {
                             for j in lo..=i {
                                 let t = (raw[i * len + j] / cap).tanh();
@@ -586,9 +584,9 @@ pub fn head_loss(
         Weight::Frozen(_) => None,
     };
     let w: &Weight = head;
-    // Targets per chunk: the `[CHUNK, V]` logits are the largest buffer of a step, and a
-    // frozen head is dequantized twice per chunk.
-    const CHUNK: usize = 512;
+    // Targets per chunk: the `[CHUNK, V]` logits are the largest buffer of a step (201 MB at
+    // V = 49152), and a frozen head is dequantized twice per chunk.
+    const CHUNK: usize = 1024;
     const VCH: usize = 8192;
     let vchunks: Vec<(usize, usize)> = (0..vocab)
         .step_by(VCH)

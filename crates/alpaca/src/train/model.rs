@@ -176,24 +176,28 @@ pub(super) fn dropout_into(x: &[f32], out: &mut [f32], p: f32, seed: u64, add: b
         .zip(x.par_chunks(DROP_TASK))
         .enumerate()
         .for_each(|(t, (o, x))| {
-            let base = (t * DROP_TASK / 4) as u64;
-            for (q, (o4, x4)) in o.chunks_mut(4).zip(x.chunks(4)).enumerate() {
-                let h = Rng::u64_at(seed, base + q as u64);
-                for (lane, (o, &x)) in o4.iter_mut().zip(x4).enumerate() {
-                    let m = if (h >> (16 * lane)) & 0xFFFF < thresh {
-                        0.0
-                    } else {
-                        keep
-                    };
-                    if add {
-                        *o += x * m;
-                    } else {
-                        *o = x * m;
-                    }
-                }
-            }
+            dropout_task(x, o, seed, (t * DROP_TASK / 4) as u64, thresh, keep, add)
         });
 }
+
+crate::model::ops::dispatch!(dropout_task(x: &[f32], out: &mut [f32], seed: u64, base: u64, thresh: u64, keep: f32, add: bool) -> () {
+    // One task of `dropout_into`: draw `base + q` gives elements `4q..4q + 4`, 16 bits each.
+    let mut m = [0f32; 64];
+    for (blk, (o, x)) in out.chunks_mut(64).zip(x.chunks(64)).enumerate() {
+        let b0 = base + (blk * 16) as u64;
+        for (q, m4) in m.chunks_exact_mut(4).enumerate() {
+            let h = Rng::u64_at(seed, b0 + q as u64);
+            for (lane, mi) in m4.iter_mut().enumerate() {
+                *mi = if (h >> (16 * lane)) & 0xFFFF < thresh { 0.0 } else { keep };
+            }
+        }
+        if add {
+            o.iter_mut().zip(x).zip(&m).for_each(|((o, &x), &m)| *o += x * m);
+        } else {
+            o.iter_mut().zip(x).zip(&m).for_each(|((o, &x), &m)| *o = x * m);
+        }
+    }
+});
 
 /// `x` after dropout with probability `p` (borrowed as is when `p` is 0).
 fn dropped(x: &[f32], p: f32, seed: u64) -> Cow<'_, [f32]> {
@@ -535,5 +539,37 @@ impl TrainModel {
             TrainModel::Llama(m) => m.forward_backward(b, loss_scale, seed, backward),
             TrainModel::Gemma3(m) => m.forward_backward(b, loss_scale, seed, backward),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropout_masks_are_the_counter_hash_draws() {
+        // Element `i` keeps 16 bits `i % 4` of draw `i / 4`, across task and block edges.
+        let (p, seed, n) = (0.3f32, 7u64, DROP_TASK + 4 * 64 + 13);
+        let x: Vec<f32> = (0..n).map(|i| 1.0 + (i as f32 * 0.1).sin()).collect();
+        let (keep, thresh) = (1.0 / (1.0 - p), (p * 65536.0).round() as u64);
+        let want: Vec<f32> = (0..n)
+            .map(|i| {
+                let h = Rng::u64_at(seed, (i / 4) as u64);
+                let m = if (h >> (16 * (i % 4))) & 0xFFFF < thresh {
+                    0.0
+                } else {
+                    keep
+                };
+                x[i] * m
+            })
+            .collect();
+        let mut out = vec![f32::NAN; n];
+        dropout_into(&x, &mut out, p, seed, false);
+        assert_eq!(out, want);
+        let mut acc = vec![1.0; n];
+        dropout_into(&x, &mut acc, p, seed, true);
+        assert!(acc.iter().zip(&want).all(|(a, w)| *a == 1.0 + w));
+        let dropped = want.iter().filter(|&&v| v == 0.0).count() as f32 / n as f32;
+        assert!((dropped - p).abs() < 0.02, "{dropped}");
     }
 }
