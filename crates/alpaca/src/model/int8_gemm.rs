@@ -70,11 +70,11 @@ struct PromptActs {
 /// One tile of decoded weights (see the module docs), plus one row's scratch.
 #[derive(Default)]
 struct Panel {
-    w: Vec<i8>,
+    w: Vec<u8>,
     corr: Vec<i32>,
     sc: Vec<f32>,
     mn: Vec<f32>,
-    row_w: Vec<i8>,
+    row_w: Vec<u8>,
     row_sc: Vec<f32>,
     row_mn: Vec<f32>,
 }
@@ -90,7 +90,7 @@ thread_local! {
 /// prompt's activations (`x`: rows of `cols` bytes, `d`/`ds`: rows of `nb`).
 #[derive(Clone, Copy)]
 pub(crate) struct TileArgs {
-    pub w: *const i8,
+    pub w: *const u8,
     pub corr: *const i32,
     pub sc: *const f32,
     pub mn: *const f32,
@@ -106,18 +106,16 @@ pub(crate) struct TileArgs {
 /// `j < nr`. Unsafe: needs its CPU features and in-bounds views.
 type Kern = unsafe fn(&TileArgs, usize, usize, usize, bool, *mut f32, usize, usize);
 
-/// Decode one weight row into integer weights `w` (`cols`), scales `sc` (per sub-block)
-/// and mins `mn` (per 32-value block; only for types with mins).
+/// Decode one weight row into integer weights `w` (`cols` values, `i8` stored as bytes),
+/// scales `sc` (per sub-block) and mins `mn` (per 32-value block; only for types with mins).
 #[inline(always)]
-fn int_row(ty: GgmlType, row: &[u8], w: &mut [i8], sc: &mut [f32], mn: &mut [f32]) {
+fn int_row(ty: GgmlType, row: &[u8], w: &mut [u8], sc: &mut [f32], mn: &mut [f32]) {
     use GgmlType::*;
     match ty {
         Q8_0 => {
             for (b, blk) in row.chunks_exact(34).enumerate() {
                 sc[b] = f16le(blk, 0);
-                for (o, v) in w[32 * b..32 * b + 32].iter_mut().zip(&blk[2..]) {
-                    *o = *v as i8;
-                }
+                w[32 * b..32 * b + 32].copy_from_slice(&blk[2..34]);
             }
         }
         Q5_0 | Q5_1 => {
@@ -129,7 +127,7 @@ fn int_row(ty: GgmlType, row: &[u8], w: &mut [i8], sc: &mut [f32], mn: &mut [f32
                     .iter_mut()
                     .zip(q5_codes(qh, &blk[qo + 4..]))
                 {
-                    *o = (c - off) as i8;
+                    *o = (c - off) as u8;
                 }
                 sc[b] = f16le(blk, 0);
                 if ty == Q5_1 {
@@ -148,7 +146,7 @@ fn int_row(ty: GgmlType, row: &[u8], w: &mut [i8], sc: &mut [f32], mn: &mut [f32
                     let q = &blk[16 + 32 * (s / 2)..16 + 32 * (s / 2) + 32];
                     let shift = 4 * (s % 2);
                     for (o, v) in w[32 * b..32 * b + 32].iter_mut().zip(q) {
-                        *o = ((v >> shift) & 0xF) as i8;
+                        *o = (v >> shift) & 0xF;
                     }
                 }
             }
@@ -156,7 +154,7 @@ fn int_row(ty: GgmlType, row: &[u8], w: &mut [i8], sc: &mut [f32], mn: &mut [f32
         Q6K => {
             for (sb, blk) in row.chunks_exact(210).enumerate() {
                 for (o, c) in w[256 * sb..256 * sb + 256].iter_mut().zip(q6_codes(blk)) {
-                    *o = (c - 32) as i8;
+                    *o = (c - 32) as u8;
                 }
                 let d = f16le(blk, 208);
                 for (i, s) in sc[16 * sb..16 * sb + 16].iter_mut().enumerate() {
@@ -215,13 +213,17 @@ impl Panel {
                 &mut self.row_sc,
                 &mut self.row_mn,
             );
-            for (b, wb) in self.row_w.chunks_exact(32).enumerate() {
-                for (k, g) in wb.chunks_exact(4).enumerate() {
-                    let o = ((b * 8 + k) * NR + j) * 4;
-                    self.w[o..o + 4].copy_from_slice(g);
+            for (b, (wb, pb)) in self
+                .row_w
+                .chunks_exact(32)
+                .zip(self.w.chunks_exact_mut(8 * NR * 4))
+                .enumerate()
+            {
+                for (g, p) in wb.chunks_exact(4).zip(pb.chunks_exact_mut(NR * 4)) {
+                    p[4 * j..4 * j + 4].copy_from_slice(g);
                 }
                 for (s, h) in wb.chunks_exact(len).enumerate() {
-                    let sum: i32 = h.iter().map(|v| *v as i32).sum();
+                    let sum: i32 = h.iter().map(|v| *v as i8 as i32).sum();
                     let o = (b * sub + s) * NR + j;
                     self.corr[o] = -128 * sum;
                     self.sc[o] = self.row_sc[b * sub + s];
