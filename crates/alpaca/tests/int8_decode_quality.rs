@@ -1,4 +1,4 @@
-//! Quality of the 8-bit decode activations (docs/COMPAT.md, "8-bit decode activations"):
+//! Quality of the 8-bit decode activations (docs/COMPAT.md, "8-bit decode and prompt activations"):
 //! teacher-forced one-token decode over the perplexity text, each token through the decode
 //! path, with the default (int8) and `f32` activations. Slow (opt-in: ALPACA_SLOW_TESTS=1):
 //! 2 x 512 decode steps per model file present in the model cache.

@@ -39,8 +39,9 @@ pub enum ActMode {
     /// `f32` activations everywhere (transformers parity).
     #[default]
     F32,
-    /// 8-bit activations and integer dots for one-token products of the weight types that
-    /// have such kernels ([`supported`]); prompts and batched decode stay `f32`.
+    /// 8-bit activations and integer dots for one-token products and prompts
+    /// ([`int8_gemm`](crate::model::int8_gemm)) of the weight types that have such kernels
+    /// ([`supported`]); batched decode stays `f32`.
     Int8,
 }
 
@@ -115,7 +116,21 @@ pub fn quantize_acts(x: &[f32], buf: &mut ActBuf) {
     buf.q.resize(x.len(), 0);
     buf.d.resize(nb, 0.0);
     buf.nl.resize(8 * nb, 0);
-    quantize_impl(x, &mut buf.q, &mut buf.d, &mut buf.nl);
+    quantize_row(x, &mut buf.q, &mut buf.d, &mut buf.nl);
+}
+
+/// Quantize `x` (whole 32-value blocks) into `q` (same length), `d` and `nl` (see [`Acts`]):
+/// the AVX-512 kernel where the CPU has it (bit-identical to the portable
+/// [`quantize_impl`], which is the reference), else the portable code.
+pub fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], nl: &mut [i32]) {
+    let nb = x.len() / 32;
+    assert!(q.len() >= nb * 32 && d.len() >= nb && nl.len() >= 8 * nb);
+    #[cfg(target_arch = "x86_64")]
+    if kernels::default_level() == SimdLevel::Avx512 {
+        // SAFETY: the CPU has AVX-512 (F, BW, VL); the lengths were checked.
+        return unsafe { x86::quantize_512(x, q, d, nl) };
+    }
+    quantize_impl(x, q, d, nl)
 }
 
 dispatch!(quantize_impl(x: &[f32], q: &mut [i8], d: &mut [f32], nl: &mut [i32]) -> () {
@@ -287,7 +302,7 @@ fn scalar_kernel(ty: GgmlType) -> Int8Dot {
 }
 
 #[inline(always)]
-fn f16le(b: &[u8], i: usize) -> f32 {
+pub(super) fn f16le(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -299,7 +314,7 @@ fn idot(w: impl Iterator<Item = i32>, x: &[i8]) -> i32 {
 
 /// The 32 unsigned 5-bit codes of a Q5_0/Q5_1 block (`qh` bits, then 16 nibble bytes).
 #[inline(always)]
-fn q5_codes(qh: u32, qs: &[u8]) -> [i32; 32] {
+pub(super) fn q5_codes(qh: u32, qs: &[u8]) -> [i32; 32] {
     let mut c = [0i32; 32];
     for j in 0..16 {
         c[j] = (qs[j] & 0xF) as i32 | (((qh >> j) & 1) << 4) as i32;
@@ -361,7 +376,7 @@ unsafe fn scalar_q4_k(row: &[u8], a: Acts<'_>) -> f32 {
 
 /// The 256 unsigned 6-bit codes of a Q6_K super-block (ggml's element order).
 #[inline(always)]
-fn q6_codes(blk: &[u8]) -> [i32; 256] {
+pub(super) fn q6_codes(blk: &[u8]) -> [i32; 256] {
     let (ql, qh) = (&blk[..128], &blk[128..192]);
     let mut c = [0i32; 256];
     for n in 0..2 {

@@ -62,6 +62,26 @@ fn quantized_acts_round_to_nearest_and_sum_lanes() {
 }
 
 #[test]
+fn quantize_row_is_bit_identical_to_the_portable_code() {
+    let mut rng = Lcg(5);
+    let mut x = random_x(32 * 13, &mut rng);
+    // Ties of the rounding (x * 127 / max = k + 0.5) and values at the max.
+    x[64] = 1.0;
+    x[65] = 0.5 / 127.0 * 3.0;
+    x[66] = -1.0;
+    let nb = x.len() / 32;
+    let (mut q, mut d, mut nl) = (vec![0i8; x.len()], vec![0f32; nb], vec![0i32; 8 * nb]);
+    quantize_row(&x, &mut q, &mut d, &mut nl);
+    let (mut q2, mut d2, mut nl2) = (vec![1i8; x.len()], vec![1f32; nb], vec![1i32; 8 * nb]);
+    quantize_impl(&x, &mut q2, &mut d2, &mut nl2);
+    assert_eq!((q, nl), (q2, nl2));
+    assert_eq!(
+        d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        d2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn every_level_matches_the_scalar_reference() {
     let mut rng = Lcg(17);
     for ty in TYPES {

@@ -328,3 +328,32 @@ mod vnni {
 
 pub use avx2::{q4_k_avx2, q5_0_avx2, q5_1_avx2, q6_k_avx2, q8_0_avx2};
 pub use vnni::{q4_k_vnni, q5_0_vnni, q5_1_vnni, q6_k_vnni, q8_0_vnni};
+
+/// [`quantize_impl`](super::quantize_impl) on AVX-512 with the same arithmetic (max of
+/// `|x|`, `127 / max`, products rounded to nearest even by `vcvtps2dq`, clamp to 127):
+/// bit-identical results. Lengths as checked by [`quantize_row`](super::quantize_row).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn quantize_512(x: &[f32], q: &mut [i8], d: &mut [f32], nl: &mut [i32]) {
+    let (xp, qp, dp, lp) = (x.as_ptr(), q.as_mut_ptr(), d.as_mut_ptr(), nl.as_mut_ptr());
+    let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+    let (ones8, ones16) = (_mm256_set1_epi8(1), _mm256_set1_epi16(1));
+    for b in 0..x.len() / 32 {
+        let v0 = _mm512_loadu_ps(xp.add(32 * b));
+        let v1 = _mm512_loadu_ps(xp.add(32 * b + 16));
+        let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        *dp.add(b) = amax / 127.0;
+        let idv = _mm512_set1_ps(id);
+        let i0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, idv));
+        let i1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, idv));
+        let i0 = _mm512_max_epi32(_mm512_min_epi32(i0, hi), lo);
+        let i1 = _mm512_max_epi32(_mm512_min_epi32(i1, hi), lo);
+        let b8 = _mm256_set_m128i(_mm512_cvtepi32_epi8(i1), _mm512_cvtepi32_epi8(i0));
+        _mm256_storeu_si256(qp.add(32 * b) as *mut __m256i, b8);
+        let s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, b8), ones16);
+        _mm256_storeu_si256(
+            lp.add(8 * b) as *mut __m256i,
+            _mm256_sub_epi32(_mm256_setzero_si256(), s),
+        );
+    }
+}

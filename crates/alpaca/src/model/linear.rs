@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::model::int8_decode::{self, ActMode};
+use crate::model::int8_gemm;
 use crate::model::kernels;
 use crate::model::ops::dispatch;
 use crate::model::quant::{dequantize_row, GgmlType};
@@ -47,7 +48,8 @@ pub struct QMatrix {
     pub rows: usize,
     pub cols: usize,
     pub data: Storage,
-    /// Activations of one-token products (the model's policy, see [`int8_decode`]).
+    /// Activations of one-token products and prompts (the model's policy, see
+    /// [`int8_decode`]).
     pub act: ActMode,
 }
 
@@ -120,12 +122,21 @@ impl QMatrix {
 
     /// `y[i, r] = sum_k x[i, k] * W[r, k]` for `t` rows of `x` (`t x cols`), writing
     /// `y` (`t x rows`). Fused dequantize + dot per weight row for few tokens, a tiled GEMM
-    /// over dequantized panels for prompts (see [`kernels`]). Parallel over weight rows.
+    /// for prompts: over dequantized `f32` panels (see [`kernels`]), or on 8-bit activations
+    /// under [`ActMode::Int8`] (see [`int8_gemm`]). Parallel over weight rows.
     pub fn matmul(&self, x: &[f32], t: usize, y: &mut [f32]) {
         if t >= kernels::GEMM_MIN_T && !self.int8() {
             let data = self.data.bytes();
             let level = kernels::default_level();
-            kernels::gemm(level, self.ty, data, self.rows, self.cols, x, t, y);
+            if self.act == ActMode::Int8
+                && int8_gemm::supported(self.ty)
+                && !crate::model::int8::enabled()
+            {
+                let level = int8_decode::level_for(level);
+                int8_gemm::gemm(level, self.ty, data, self.rows, self.cols, x, t, y);
+            } else {
+                kernels::gemm(level, self.ty, data, self.rows, self.cols, x, t, y);
+            }
         } else {
             self.matmul_rows(x, t, y);
         }
