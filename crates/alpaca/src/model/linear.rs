@@ -128,12 +128,15 @@ impl QMatrix {
         if t >= kernels::GEMM_MIN_T && !self.int8() {
             let data = self.data.bytes();
             let level = kernels::default_level();
+            // The integer GEMM only where VNNI makes it pay: with AVX2's `maddubs` it is
+            // slower than the f32 GEMM (docs/COMPAT.md), so such CPUs keep f32 prompts.
+            let int8_level = int8_decode::level_for(level);
             if self.act == ActMode::Int8
+                && int8_level == int8_decode::Level::Vnni
                 && int8_gemm::supported(self.ty)
                 && !crate::model::int8::enabled()
             {
-                let level = int8_decode::level_for(level);
-                int8_gemm::gemm(level, self.ty, data, self.rows, self.cols, x, t, y);
+                int8_gemm::gemm(int8_level, self.ty, data, self.rows, self.cols, x, t, y);
             } else {
                 kernels::gemm(level, self.ty, data, self.rows, self.cols, x, t, y);
             }
