@@ -13,6 +13,7 @@ pub mod gguf;
 pub mod hf;
 pub mod int8;
 pub mod int8_decode;
+pub mod int8_multi;
 pub mod kernels;
 #[cfg(target_arch = "x86_64")]
 pub mod kernels_x86;
