@@ -37,8 +37,9 @@ pub struct ModelArgs {
     #[arg(long = "int8-activations", conflicts_with = "f32_activations")]
     pub int8_activations: bool,
     /// Keep f32 activations in every product (transformers parity). By default one-token
-    /// decode of Q8_0/Q5/K-quant models quantizes activations to 8 bits for integer dots
-    /// (faster; logits within the 8-bit rounding); Q4_0/Q4_1/F16/F32 models always use f32
+    /// decode of Q8_0/Q5/K-quant models and batched decode steps of every model (the server
+    /// under concurrency) quantize activations to 8 bits for integer dots (faster; logits
+    /// within the 8-bit rounding); one-token decode of Q4_0/Q4_1/F16/F32 models uses f32
     #[arg(long = "f32-activations")]
     pub f32_activations: bool,
 }

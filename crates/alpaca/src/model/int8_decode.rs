@@ -30,18 +30,22 @@ use crate::model::quant::{scale_min_k4, GgmlType};
 
 #[cfg(target_arch = "x86_64")]
 #[path = "int8_decode_x86.rs"]
-mod x86;
+pub(crate) mod x86;
 
-/// Which activations single-token decode products use, stored per matrix
+/// Which activations decode products use, stored per matrix
 /// ([`QMatrix::act`](crate::model::linear::QMatrix)) and chosen per model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ActMode {
-    /// `f32` activations everywhere (transformers parity).
+    /// `f32` activations everywhere (transformers parity; `--f32-activations`).
     #[default]
     F32,
-    /// 8-bit activations and integer dots for one-token products and prompts
-    /// ([`int8_gemm`](crate::model::int8_gemm)) of the weight types that have such kernels
-    /// ([`supported`]); batched decode stays `f32`.
+    /// `f32` for one-token products and prompts; 8-bit activations in batched decode steps
+    /// (2+ sequences, [`int8_multi`](crate::model::int8_multi)) for the types with such
+    /// kernels.
+    Int8Batch,
+    /// 8-bit activations and integer dots for one-token products, prompts
+    /// ([`int8_gemm`](crate::model::int8_gemm), on VNNI CPUs) and batched decode steps, for
+    /// the weight types that have such kernels ([`supported`]).
     Int8,
 }
 
@@ -52,14 +56,15 @@ pub fn supported(ty: GgmlType) -> bool {
 }
 
 /// The "auto" policy: int8 activations when the model's dominant weight type (most weight
-/// bytes) is one of the types llama.cpp's users pick for quality (`Q8_0`, `Q5_x`, K-quants),
-/// `f32` for `Q4_0`/`Q4_1`/`F16`/`F32` models (the default Q4_1 model keeps its greedy
-/// parity with transformers).
+/// bytes) is one of the types llama.cpp's users pick for quality (`Q8_0`, `Q5_x`, K-quants);
+/// for `Q4_0`/`Q4_1`/`F16`/`F32` models `f32` in one-token products (the default Q4_1 model
+/// keeps its greedy parity with transformers) and int8 only in batched decode steps, which
+/// are compute-bound.
 pub fn auto_mode(dominant: GgmlType) -> ActMode {
     use GgmlType::*;
     match dominant {
         Q8_0 | Q5_0 | Q5_1 | Q4K | Q5K | Q6K => ActMode::Int8,
-        _ => ActMode::F32,
+        _ => ActMode::Int8Batch,
     }
 }
 
@@ -140,7 +145,14 @@ dispatch!(quantize_impl(x: &[f32], q: &mut [i8], d: &mut [f32], nl: &mut [i32]) 
         .zip(d.iter_mut())
         .zip(nl.chunks_exact_mut(8))
     {
-        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        // Eight running maxima (vectorizes; a single fold compiles to a serial chain).
+        let mut m8 = [0f32; 8];
+        for c in xb.chunks_exact(8) {
+            for (m, v) in m8.iter_mut().zip(c) {
+                *m = m.max(v.abs());
+            }
+        }
+        let amax = m8.iter().fold(0f32, |m, v| m.max(*v));
         let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
         *db = amax / 127.0;
         let mut tmp = [0i32; 32];
@@ -302,7 +314,7 @@ fn scalar_kernel(ty: GgmlType) -> Int8Dot {
 }
 
 #[inline(always)]
-pub(super) fn f16le(b: &[u8], i: usize) -> f32 {
+pub(crate) fn f16le(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -314,7 +326,7 @@ fn idot(w: impl Iterator<Item = i32>, x: &[i8]) -> i32 {
 
 /// The 32 unsigned 5-bit codes of a Q5_0/Q5_1 block (`qh` bits, then 16 nibble bytes).
 #[inline(always)]
-pub(super) fn q5_codes(qh: u32, qs: &[u8]) -> [i32; 32] {
+pub(crate) fn q5_codes(qh: u32, qs: &[u8]) -> [i32; 32] {
     let mut c = [0i32; 32];
     for j in 0..16 {
         c[j] = (qs[j] & 0xF) as i32 | (((qh >> j) & 1) << 4) as i32;

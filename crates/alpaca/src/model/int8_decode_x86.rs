@@ -21,7 +21,7 @@ use crate::model::quant::scale_min_k4;
 
 /// One f16 at `p` as f32.
 #[inline(always)]
-unsafe fn f16_1(p: *const u8) -> f32 {
+pub(crate) unsafe fn f16_1(p: *const u8) -> f32 {
     let h = (p as *const u16).read_unaligned() as i32;
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h)))
 }
@@ -37,7 +37,7 @@ unsafe fn hsum(a: __m256, b: __m256) -> f32 {
 
 /// The 32 nibbles of 16 bytes at `p`: low nibbles in bytes 0..16, high nibbles in 16..32.
 #[inline(always)]
-unsafe fn nibbles32(p: *const u8) -> __m256i {
+pub(crate) unsafe fn nibbles32(p: *const u8) -> __m256i {
     let t = _mm_loadu_si128(p as *const __m128i);
     let v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
     _mm256_and_si256(v, _mm256_set1_epi8(0xF))
@@ -46,7 +46,7 @@ unsafe fn nibbles32(p: *const u8) -> __m256i {
 /// `acc + sum of u[4i..4i+4] * s[4i..4i+4]` per 32-bit lane, AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dp_avx2(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+pub(crate) unsafe fn dp_avx2(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     let p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
     _mm256_add_epi32(acc, p)
 }
@@ -54,14 +54,14 @@ unsafe fn dp_avx2(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
 /// [`dp_avx2`] by `vpdpbusd`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn dp_vnni(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+pub(crate) unsafe fn dp_vnni(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, u, s)
 }
 
 /// Byte `i` = 0x10 where bit `i` of `qh` is set, else 0 (AVX2).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn bits_avx2(qh: u32) -> __m256i {
+pub(crate) unsafe fn bits_avx2(qh: u32) -> __m256i {
     let shuf = _mm256_setr_epi64x(
         0,
         0x0101010101010101,

@@ -162,6 +162,26 @@ impl QMatrix {
         }
     }
 
+    /// The batched decode step's product (`t` sequences, one row each): under
+    /// [`ActMode::Int8Batch`] or [`ActMode::Int8`], 2+ rows take the multi-token int8
+    /// kernels ([`int8_multi`](crate::model::int8_multi)) where the type has them; otherwise
+    /// (and for one row) [`matmul_rows`](Self::matmul_rows). Single-sequence paths never
+    /// come here, so their arithmetic does not depend on the batch policy.
+    pub fn matmul_batch(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        use crate::model::int8_multi;
+        if t >= 2
+            && self.act != ActMode::F32
+            && int8_multi::supported(self.ty)
+            && !crate::model::int8::enabled()
+        {
+            let level = int8_decode::level_for(kernels::default_level());
+            let data = self.data.bytes();
+            int8_multi::matmul(level, self.ty, data, self.rows, self.cols, x, t, y);
+        } else {
+            self.matmul_rows(x, t, y);
+        }
+    }
+
     /// Whether products with this matrix take the int8-activation path.
     fn int8(&self) -> bool {
         self.ty == GgmlType::Q8_0 && crate::model::int8::enabled()

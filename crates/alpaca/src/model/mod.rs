@@ -14,6 +14,7 @@ pub mod hf;
 pub mod int8;
 pub mod int8_decode;
 pub mod int8_gemm;
+pub mod int8_multi;
 pub mod kernels;
 #[cfg(target_arch = "x86_64")]
 pub mod kernels_x86;
