@@ -13,7 +13,12 @@
 //! - weights with an integer offset (`Q5_0`: `q - 16`, `Q6_K`: `q - 32`) are dotted as
 //!   unsigned bytes into an accumulator that starts at `offset * -lane sums` (one shift per
 //!   block, exact); float offsets (`Q5_1`, K-quant mins) add `m * d_x * sum(q_x)` per block;
-//! - `Q8_0` uses the sign trick (`|w|` unsigned times `x` with `w`'s sign);
+//! - `Q8_0` uses the unsigned offset too on VNNI (`w + 128`, from `128 * -lane sums`) and
+//!   the sign trick (`|w|` unsigned times `x` with `w`'s sign) on AVX2;
+//! - `Q8_0`, `Q5_0` and `Q6_K` go eight rows per kernel call ([`Int8Dot8`]), each row one FMA
+//!   chain in block order, `acc = isum_b * (d_w * d_x) + acc` (`Q6_K`: the sub-block scales
+//!   applied on integers), exactly the scalar reference's arithmetic (so their results are
+//!   bit-identical at every level and thread count);
 //! - the K-quant sub-block scales are applied in `f32` per 32 values (the activation scale
 //!   changes at every 32-value block anyway).
 //!
@@ -176,6 +181,21 @@ dispatch!(quantize_impl(x: &[f32], q: &mut [i8], d: &mut [f32], nl: &mut [i32]) 
 /// `acts.d.len() >= n / 32`, `acts.nl.len() >= n / 4`.
 pub type Int8Dot = unsafe fn(&[u8], Acts<'_>) -> f32;
 
+/// An eight-row int8 kernel `(row0, stride, acts, out, ostride)`: for `k < 8`,
+/// `out[k * ostride] = W[row0 + k * stride] . x` (pointers and strides in bytes and `f32`s;
+/// zero strides compute one row).
+///
+/// Unsafe to call: as [`Int8Dot`] for each of the eight rows, and `out` valid for writes at
+/// the eight offsets.
+pub type Int8Dot8 = unsafe fn(*const u8, usize, Acts<'_>, *mut f32, usize);
+
+/// A type's int8 kernel at some level: one row or eight rows per call.
+#[derive(Clone, Copy)]
+pub enum Kernel {
+    Row(Int8Dot),
+    Rows8(Int8Dot8),
+}
+
 /// The kernel family: VNNI needs AVX-512 VL + VNNI on top of [`SimdLevel::Avx512`]; an
 /// AVX-512 CPU without VNNI takes the AVX2 kernels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -207,7 +227,7 @@ pub fn available(level: Level) -> bool {
 }
 
 /// The kernel of `ty` at `level` (clamped to what the CPU has); `None` for types without one.
-pub fn kernel(level: Level, ty: GgmlType) -> Option<Int8Dot> {
+pub fn kernel(level: Level, ty: GgmlType) -> Option<Kernel> {
     if !supported(ty) {
         return None;
     }
@@ -215,24 +235,25 @@ pub fn kernel(level: Level, ty: GgmlType) -> Option<Int8Dot> {
     #[cfg(target_arch = "x86_64")]
     {
         use GgmlType::*;
-        let k: Option<Int8Dot> = match (level, ty) {
-            (Level::Vnni, Q8_0) => Some(x86::q8_0_vnni),
-            (Level::Vnni, Q5_0) => Some(x86::q5_0_vnni),
-            (Level::Vnni, Q5_1) => Some(x86::q5_1_vnni),
-            (Level::Vnni, Q4K) => Some(x86::q4_k_vnni),
-            (Level::Vnni, Q6K) => Some(x86::q6_k_vnni),
-            (Level::Avx2, Q8_0) => Some(x86::q8_0_avx2),
-            (Level::Avx2, Q5_0) => Some(x86::q5_0_avx2),
-            (Level::Avx2, Q5_1) => Some(x86::q5_1_avx2),
-            (Level::Avx2, Q4K) => Some(x86::q4_k_avx2),
-            (Level::Avx2, Q6K) => Some(x86::q6_k_avx2),
+        use Kernel::{Row, Rows8};
+        let k = match (level, ty) {
+            (Level::Vnni, Q8_0) => Some(Rows8(x86::q8_0_vnni)),
+            (Level::Vnni, Q5_0) => Some(Rows8(x86::q5_0_vnni)),
+            (Level::Vnni, Q5_1) => Some(Row(x86::q5_1_vnni)),
+            (Level::Vnni, Q4K) => Some(Row(x86::q4_k_vnni)),
+            (Level::Vnni, Q6K) => Some(Rows8(x86::q6_k_vnni)),
+            (Level::Avx2, Q8_0) => Some(Rows8(x86::q8_0_avx2)),
+            (Level::Avx2, Q5_0) => Some(Rows8(x86::q5_0_avx2)),
+            (Level::Avx2, Q5_1) => Some(Row(x86::q5_1_avx2)),
+            (Level::Avx2, Q4K) => Some(Row(x86::q4_k_avx2)),
+            (Level::Avx2, Q6K) => Some(Rows8(x86::q6_k_avx2)),
             _ => None,
         };
         if k.is_some() {
             return k;
         }
     }
-    Some(scalar_kernel(ty))
+    Some(Kernel::Row(scalar_kernel(ty)))
 }
 
 /// `W[r] . x` for one row at `level` (tests call every level). Panics if the CPU lacks
@@ -242,9 +263,50 @@ pub fn dot_row_at(level: Level, ty: GgmlType, row: &[u8], acts: Acts<'_>) -> f32
     let n = acts.q.len();
     check_acts(ty, row.len(), acts);
     assert!(n.is_multiple_of(ty.block_size()));
-    let k = kernel(level, ty).expect("a type with int8 kernels");
-    // SAFETY: the level is supported and the lengths were checked.
-    unsafe { k(row, acts) }
+    // SAFETY: the level is supported and the lengths were checked (eight times one row).
+    match kernel(level, ty).expect("a type with int8 kernels") {
+        Kernel::Row(k) => unsafe { k(row, acts) },
+        Kernel::Rows8(k) => {
+            let mut y = f32::NAN;
+            unsafe { k(row.as_ptr(), 0, acts, &mut y, 0) };
+            y
+        }
+    }
+}
+
+/// Rows `lo..hi` through an eight-row kernel, in eight interleaved chunks of
+/// `(hi - lo) / 8` consecutive rows (each lane streams through memory in order: eight
+/// adjacent rows per call defeat the hardware prefetchers), then the remainder as the last
+/// eight rows again (recomputing a row gives the same bits), or one row per call when there
+/// are fewer than eight.
+///
+/// Unsafe: as [`Int8Dot8`] for every row of `data` (`rb` bytes each) in `lo..hi`, and `out`
+/// valid for writes at `lo..hi`.
+unsafe fn rows8_range(
+    kern: Int8Dot8,
+    data: &[u8],
+    rb: usize,
+    lo: usize,
+    hi: usize,
+    acts: Acts<'_>,
+    out: *mut f32,
+) {
+    let n = hi - lo;
+    let ch = n / 8;
+    let row = |r: usize| data[r * rb..(r + 1) * rb].as_ptr();
+    for i in 0..ch {
+        kern(row(lo + i), ch * rb, acts, out.add(lo + i), ch);
+    }
+    if n.is_multiple_of(8) {
+        return;
+    }
+    if n >= 8 {
+        kern(row(hi - 8), rb, acts, out.add(hi - 8), 1);
+    } else {
+        for r in lo..hi {
+            kern(row(r), 0, acts, out.add(r), 0);
+        }
+    }
 }
 
 fn check_acts(ty: GgmlType, row_bytes: usize, acts: Acts<'_>) {
@@ -285,14 +347,19 @@ pub fn matvec(
         quantize_acts(x, &mut buf);
         let acts = buf.view();
         let out = OutPtr::new(y);
-        kernels::par_rows(rows, rb, 16, |range| {
-            for r in range {
-                let row = &data[r * rb..(r + 1) * rb];
-                // SAFETY: `kern` is of a supported level; `row` is `ty.row_bytes(cols)` bytes
-                // and `acts` was quantized from `cols` values (checked above). Index `r` is
-                // in bounds and owned by this task's row range.
-                unsafe { *out.get().add(r) = kern(row, acts) };
+        // SAFETY (both arms): `kern` is of a supported level; every row is
+        // `ty.row_bytes(cols)` bytes and `acts` was quantized from `cols` values (checked
+        // above). Output indices are in bounds and owned by this task's row range.
+        kernels::par_rows(rows, rb, 16, |range| match kern {
+            Kernel::Row(k) => {
+                for r in range {
+                    let row = &data[r * rb..(r + 1) * rb];
+                    unsafe { *out.get().add(r) = k(row, acts) };
+                }
             }
+            Kernel::Rows8(k) => unsafe {
+                rows8_range(k, data, rb, range.start, range.end, acts, out.get())
+            },
         });
     });
 }
@@ -335,11 +402,13 @@ pub(crate) fn q5_codes(qh: u32, qs: &[u8]) -> [i32; 32] {
     c
 }
 
+// Q8_0 and Q5_0: one FMA per block in block order, the eight-row kernels' arithmetic (the
+// integer sums are below 2^24, exact in f32).
 unsafe fn scalar_q8_0(row: &[u8], a: Acts<'_>) -> f32 {
     let mut acc = 0f32;
     for (b, (blk, xq)) in row.chunks_exact(34).zip(a.q.chunks_exact(32)).enumerate() {
         let i = idot(blk[2..].iter().map(|w| *w as i8 as i32), xq);
-        acc += f16le(blk, 0) * a.d[b] * i as f32;
+        acc = (i as f32).mul_add(f16le(blk, 0) * a.d[b], acc);
     }
     acc
 }
@@ -349,7 +418,7 @@ unsafe fn scalar_q5_0(row: &[u8], a: Acts<'_>) -> f32 {
     for (b, (blk, xq)) in row.chunks_exact(22).zip(a.q.chunks_exact(32)).enumerate() {
         let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
         let i = idot(q5_codes(qh, &blk[6..]).into_iter(), xq) - 16 * a.sum(b);
-        acc += f16le(blk, 0) * a.d[b] * i as f32;
+        acc = (i as f32).mul_add(f16le(blk, 0) * a.d[b], acc);
     }
     acc
 }
@@ -419,7 +488,8 @@ unsafe fn scalar_q6_k(row: &[u8], a: Acts<'_>) -> f32 {
                 let sc = blk[192 + 2 * g + h] as i8 as i32;
                 i += sc * (idot(codes[e..e + 16].iter().copied(), x) - 32 * a.half_sum(b, h));
             }
-            acc += d * a.d[b] * i as f32;
+            // |i| <= 2 * 128 * 16 * 32 * 127 < 2^24: exact in f32 (the kernels' arithmetic).
+            acc = (i as f32).mul_add(d * a.d[b], acc);
         }
     }
     acc

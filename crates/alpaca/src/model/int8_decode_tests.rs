@@ -133,6 +133,35 @@ fn every_level_matches_the_scalar_reference() {
 }
 
 #[test]
+fn eight_row_kernels_are_bit_identical_to_the_scalar_reference() {
+    // Q8_0, Q5_0 and Q6_K compute every row in the scalar reference's arithmetic, whichever lane,
+    // call (interleaved chunks, remainder with repeated rows) or level computes it.
+    let mut rng = Lcg(23);
+    for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q6K] {
+        for (rows, nblocks) in [(1, 1), (7, 3), (8, 2), (13, 18), (70, 5), (203, 1)] {
+            let cols = ty.block_size().max(32) * nblocks;
+            let data = random_matrix(ty, rows, cols, &mut rng);
+            let x = random_x(cols, &mut rng);
+            let mut a = ActBuf::default();
+            quantize_acts(&x, &mut a);
+            let rb = ty.row_bytes(cols);
+            let want: Vec<f32> = (0..rows)
+                .map(|r| dot_row_at(Level::Scalar, ty, &data[r * rb..(r + 1) * rb], a.view()))
+                .collect();
+            for level in levels() {
+                let mut y = vec![f32::NAN; rows];
+                matvec(level, ty, &data, rows, cols, &x, &mut y);
+                assert_eq!(y, want, "{} {level:?} rows={rows} cols={cols}", ty.name());
+                for (r, w) in want.iter().enumerate() {
+                    let got = dot_row_at(level, ty, &data[r * rb..(r + 1) * rb], a.view());
+                    assert_eq!(got, *w, "{} {level:?} row {r}", ty.name());
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn int8_matvec_is_within_the_activation_rounding_of_f32() {
     let mut rng = Lcg(29);
     for ty in TYPES {

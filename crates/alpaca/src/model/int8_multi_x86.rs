@@ -70,7 +70,7 @@ pub unsafe fn decode_row_avx2(
                 *sp.add(b) = f16_1(p);
                 *mp.add(b) = if ty == Q5_1 { f16_1(p.add(2)) } else { 0.0 };
                 let qh = (p.add(o) as *const u32).read_unaligned();
-                store(b, _mm256_or_si256(nibbles32(p.add(o + 4)), bits_avx2(qh)));
+                store(b, bits_avx2(nibbles32(p.add(o + 4)), qh));
             }
         }
         Q8_0 => {
