@@ -497,4 +497,4 @@ unsafe fn scalar_q6_k(row: &[u8], a: Acts<'_>) -> f32 {
 
 #[cfg(test)]
 #[path = "int8_decode_tests.rs"]
-mod tests;
+pub(crate) mod tests;

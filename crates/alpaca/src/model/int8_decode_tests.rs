@@ -10,17 +10,19 @@ const TYPES: [GgmlType; 5] = [
     GgmlType::Q6K,
 ];
 
-fn levels() -> Vec<Level> {
+/// The int8 levels this CPU can run (shared by the int8 GEMM and multi-token tests).
+pub(crate) fn levels() -> Vec<Level> {
     [Level::Scalar, Level::Avx2, Level::Vnni]
         .into_iter()
         .filter(|l| available(*l))
         .collect()
 }
 
-/// Activations with a spread of magnitudes per block (some blocks tiny, one all zero).
-fn random_x(cols: usize, rng: &mut Lcg) -> Vec<f32> {
-    let mut x: Vec<f32> = (0..cols)
-        .map(|i| rng.unit() * [1.0, 0.01, 30.0][(i / 32) % 3])
+/// `t` activation rows with a spread of magnitudes per block (some blocks tiny, one all
+/// zero); shared by the int8 GEMM and multi-token tests.
+pub(crate) fn random_x(t: usize, cols: usize, rng: &mut Lcg) -> Vec<f32> {
+    let mut x: Vec<f32> = (0..t * cols)
+        .map(|i| rng.unit() * [1.0, 0.01, 30.0][(i / 32 + i / cols) % 3])
         .collect();
     if cols >= 64 {
         x[32..64].fill(0.0);
@@ -39,7 +41,7 @@ fn dequant_acts(a: &ActBuf) -> Vec<f32> {
 #[test]
 fn quantized_acts_round_to_nearest_and_sum_lanes() {
     let mut rng = Lcg(3);
-    let x = random_x(32 * 9, &mut rng);
+    let x = random_x(1, 32 * 9, &mut rng);
     let mut a = ActBuf::default();
     quantize_acts(&x, &mut a);
     assert_eq!((a.q.len(), a.d.len(), a.nl.len()), (x.len(), 9, 72));
@@ -64,7 +66,7 @@ fn quantized_acts_round_to_nearest_and_sum_lanes() {
 #[test]
 fn quantize_row_is_bit_identical_to_the_portable_code() {
     let mut rng = Lcg(5);
-    let mut x = random_x(32 * 13, &mut rng);
+    let mut x = random_x(1, 32 * 13, &mut rng);
     // Ties of the rounding (x * 127 / max = k + 0.5) and values at the max.
     x[64] = 1.0;
     x[65] = 0.5 / 127.0 * 3.0;
@@ -96,7 +98,7 @@ fn every_level_matches_the_scalar_reference() {
             let cols = bs * nblocks;
             let rows = 4;
             let data = random_matrix(ty, rows, cols, &mut rng);
-            let x = random_x(cols, &mut rng);
+            let x = random_x(1, cols, &mut rng);
             let mut a = ActBuf::default();
             quantize_acts(&x, &mut a);
             let xd = dequant_acts(&a);
@@ -141,7 +143,7 @@ fn eight_row_kernels_are_bit_identical_to_the_scalar_reference() {
         for (rows, nblocks) in [(1, 1), (7, 3), (8, 2), (13, 18), (70, 5), (203, 1)] {
             let cols = ty.block_size().max(32) * nblocks;
             let data = random_matrix(ty, rows, cols, &mut rng);
-            let x = random_x(cols, &mut rng);
+            let x = random_x(1, cols, &mut rng);
             let mut a = ActBuf::default();
             quantize_acts(&x, &mut a);
             let rb = ty.row_bytes(cols);
@@ -168,7 +170,7 @@ fn int8_matvec_is_within_the_activation_rounding_of_f32() {
         let cols = ty.block_size().max(32) * 3;
         for rows in [1, 17, 70] {
             let data = random_matrix(ty, rows, cols, &mut rng);
-            let x = random_x(cols, &mut rng);
+            let x = random_x(1, cols, &mut rng);
             let mut want = vec![0f32; rows];
             kernels::matvec_fused(SimdLevel::Scalar, ty, &data, rows, cols, &x, 1, &mut want);
             let mut a = ActBuf::default();
@@ -210,7 +212,7 @@ fn parallel_matvec_matches_serial() {
     let (rows, cols) = (300, 512);
     for ty in [GgmlType::Q8_0, GgmlType::Q6K] {
         let data = random_matrix(ty, rows, cols, &mut rng);
-        let x = random_x(cols, &mut rng);
+        let x = random_x(1, cols, &mut rng);
         let level = level_for(SimdLevel::Avx512);
         let mut serial = vec![0f32; rows];
         matvec(level, ty, &data, rows, cols, &x, &mut serial);
@@ -227,7 +229,7 @@ fn types_without_kernels_fall_back_to_f32() {
     let ty = GgmlType::Q4_1;
     assert!(kernel(Level::Scalar, ty).is_none());
     let data = random_matrix(ty, rows, cols, &mut rng);
-    let x = random_x(cols, &mut rng);
+    let x = random_x(1, cols, &mut rng);
     let mut want = vec![0f32; rows];
     kernels::matvec_fused(
         kernels::default_level(),

@@ -1,5 +1,6 @@
 use super::*;
-use crate::model::int8_decode::{available, quantize_acts, ActBuf};
+use crate::model::int8_decode::tests::{levels, random_x};
+use crate::model::int8_decode::{quantize_acts, ActBuf};
 use crate::model::kernels::tests::{random_matrix, Lcg};
 use crate::model::ops::SimdLevel;
 use crate::model::quant::dequantize_row;
@@ -11,24 +12,6 @@ const TYPES: [GgmlType; 5] = [
     GgmlType::Q4K,
     GgmlType::Q6K,
 ];
-
-fn levels() -> Vec<Level> {
-    [Level::Scalar, Level::Avx2, Level::Vnni]
-        .into_iter()
-        .filter(|l| available(*l))
-        .collect()
-}
-
-/// Activations with a spread of magnitudes per block (one block all zero).
-fn random_x(t: usize, cols: usize, rng: &mut Lcg) -> Vec<f32> {
-    let mut x: Vec<f32> = (0..t * cols)
-        .map(|i| rng.unit() * [1.0, 0.01, 30.0][(i / 32 + i / cols) % 3])
-        .collect();
-    if cols >= 64 {
-        x[32..64].fill(0.0);
-    }
-    x
-}
 
 /// Per output: `sum_j |w_j| * |x_j|` over the dequantized weights and the activations
 /// as quantized, plus the hard bound of the activation rounding `sum_j |w_j| * d_j / 2`.

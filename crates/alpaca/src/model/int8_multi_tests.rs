@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::int8_decode::available;
+use crate::model::int8_decode::tests::{levels, random_x};
 use crate::model::kernels::tests::{random_matrix, Lcg};
 use crate::model::quant::dequantize_row;
 
@@ -11,24 +11,6 @@ const TYPES: [GgmlType; 6] = [
     GgmlType::Q5_1,
     GgmlType::Q4K,
 ];
-
-fn levels() -> Vec<Level> {
-    [Level::Scalar, Level::Avx2, Level::Vnni]
-        .into_iter()
-        .filter(|l| available(*l))
-        .collect()
-}
-
-/// `t` activation rows with a spread of magnitudes per block (one block all zero).
-fn random_x(t: usize, cols: usize, rng: &mut Lcg) -> Vec<f32> {
-    let mut x: Vec<f32> = (0..t * cols)
-        .map(|i| rng.unit() * [1.0, 0.01, 30.0][(i / 32 + i / cols) % 3])
-        .collect();
-    if cols >= 64 {
-        x[32..64].fill(0.0);
-    }
-    x
-}
 
 fn dequant(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Vec<Vec<f32>> {
     let rb = ty.row_bytes(cols);
