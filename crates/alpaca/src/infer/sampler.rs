@@ -128,13 +128,12 @@ impl Sampler {
         if c.temperature <= 0.0 {
             return argmax(logits);
         }
-        self.cand.clear();
-        self.cand
-            .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if c.top_k > 0 && c.top_k < self.cand.len() {
-            self.cand.select_nth_unstable_by(c.top_k - 1, by_logit);
-            self.cand.truncate(c.top_k);
+        if c.top_k > 0 && c.top_k < logits.len() {
+            top_k_into(logits, c.top_k, &mut self.cand);
+        } else {
+            self.cand.clear();
+            self.cand
+                .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         }
         self.cand.sort_unstable_by(by_logit);
         // Softmax at temperature over the survivors (sorted, most likely first).
@@ -176,6 +175,36 @@ impl Sampler {
     }
 }
 
+/// Most likely first; equal logits by index (a total order, NaN included).
+fn by_logit(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// The `k` (< `logits.len()`) best `(index, logit)` pairs under [`by_logit`], in no order,
+/// into `out`: one pass that keeps at most `2k` candidates and drops every logit not above
+/// the running k-th best (a later index never wins a tie, so the set is exactly that of a
+/// selection over all of them), instead of copying and selecting over the whole vocabulary
+/// for every sampled token.
+fn top_k_into(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
+    out.clear();
+    let mut floor: Option<f32> = None;
+    for (i, &l) in logits.iter().enumerate() {
+        if floor.is_some_and(|f| l.total_cmp(&f) != std::cmp::Ordering::Greater) {
+            continue;
+        }
+        out.push((i as u32, l));
+        if out.len() == 2 * k {
+            out.select_nth_unstable_by(k - 1, by_logit);
+            out.truncate(k);
+            floor = Some(out[k - 1].1);
+        }
+    }
+    if out.len() > k {
+        out.select_nth_unstable_by(k - 1, by_logit);
+        out.truncate(k);
+    }
+}
+
 /// Index of the largest logit (the first on ties).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -190,6 +219,43 @@ pub fn argmax(logits: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_pass_equals_a_selection_over_all_logits() {
+        let mut r = Rng::new(7);
+        for &(n, k) in &[
+            (10, 1),
+            (10, 9),
+            (100, 3),
+            (1000, 40),
+            (49_152, 40),
+            (5000, 2500),
+        ] {
+            for ties in [false, true] {
+                let logits: Vec<f32> = (0..n)
+                    .map(|_| {
+                        let v = r.next_f32() * 20.0 - 10.0;
+                        if ties {
+                            v.round()
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+                let mut all: Vec<(u32, f32)> = logits
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &l)| (i as u32, l))
+                    .collect();
+                all.sort_unstable_by(by_logit);
+                all.truncate(k);
+                let mut got = Vec::new();
+                top_k_into(&logits, k, &mut got);
+                got.sort_unstable_by(by_logit);
+                assert_eq!(got, all, "n {n} k {k} ties {ties}");
+            }
+        }
+    }
 
     fn logits() -> Vec<f32> {
         (0..100).map(|i| ((i * 37) % 100) as f32 / 10.0).collect()
