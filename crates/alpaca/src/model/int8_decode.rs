@@ -391,6 +391,27 @@ fn idot(w: impl Iterator<Item = i32>, x: &[i8]) -> i32 {
     w.zip(x).map(|(a, b)| a * *b as i32).sum()
 }
 
+/// Sub-block `s` (0..8) of the Q4_K super-block `blk` (scales `d`, `dmin` read from its
+/// head): its 32 unsigned 4-bit codes into `codes`, and its scale `d * sc` and min
+/// `-dmin * m` (the integer kernels' decoded form, shared by the prompt GEMM and the
+/// multi-token kernels).
+#[inline(always)]
+pub(crate) fn q4k_sub_block(
+    blk: &[u8],
+    s: usize,
+    d: f32,
+    dmin: f32,
+    codes: &mut [u8],
+) -> (f32, f32) {
+    let (sc, m) = scale_min_k4(s, &blk[4..16]);
+    let q = &blk[16 + 32 * (s / 2)..16 + 32 * (s / 2) + 32];
+    let shift = 4 * (s % 2);
+    for (c, v) in codes.iter_mut().zip(q) {
+        *c = (v >> shift) & 0xF;
+    }
+    (d * sc as f32, -dmin * m as f32)
+}
+
 /// The 32 unsigned 5-bit codes of a Q5_0/Q5_1 block (`qh` bits, then 16 nibble bytes).
 #[inline(always)]
 pub(crate) fn q5_codes(qh: u32, qs: &[u8]) -> [i32; 32] {

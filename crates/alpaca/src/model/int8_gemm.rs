@@ -28,9 +28,9 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::model::int8_decode::{self, f16le, q5_codes, q6_codes, Level};
+use crate::model::int8_decode::{self, f16le, q4k_sub_block, q5_codes, q6_codes, Level};
 use crate::model::kernels::{self, OutPtr};
-use crate::model::quant::{scale_min_k4, GgmlType};
+use crate::model::quant::GgmlType;
 
 #[cfg(target_arch = "x86_64")]
 #[path = "int8_gemm_x86.rs"]
@@ -140,14 +140,7 @@ fn int_row(ty: GgmlType, row: &[u8], w: &mut [u8], sc: &mut [f32], mn: &mut [f32
                 let (d, dmin) = (f16le(blk, 0), f16le(blk, 2));
                 for s in 0..8 {
                     let b = sb * 8 + s;
-                    let (scale, min) = scale_min_k4(s, &blk[4..16]);
-                    sc[b] = d * scale as f32;
-                    mn[b] = -dmin * min as f32;
-                    let q = &blk[16 + 32 * (s / 2)..16 + 32 * (s / 2) + 32];
-                    let shift = 4 * (s % 2);
-                    for (o, v) in w[32 * b..32 * b + 32].iter_mut().zip(q) {
-                        *o = (v >> shift) & 0xF;
-                    }
+                    (sc[b], mn[b]) = q4k_sub_block(blk, s, d, dmin, &mut w[32 * b..32 * b + 32]);
                 }
             }
         }

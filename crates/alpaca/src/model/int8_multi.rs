@@ -28,10 +28,12 @@
 
 use std::cell::RefCell;
 
-use crate::model::int8_decode::{f16le, level_for, q5_codes, quantize_acts, ActBuf, Level};
+use crate::model::int8_decode::{
+    f16le, level_for, q4k_sub_block, q5_codes, quantize_acts, ActBuf, Level,
+};
 use crate::model::kernels::{self, OutPtr};
 use crate::model::ops::{dispatch, SimdLevel};
-use crate::model::quant::{scale_min_k4, GgmlType};
+use crate::model::quant::GgmlType;
 
 #[cfg(target_arch = "x86_64")]
 #[path = "int8_multi_x86.rs"]
@@ -448,14 +450,8 @@ dispatch!(decode_row(ty: GgmlType, signed: bool, row: &[u8], codes: &mut [u8], s
                 let (d, dmin) = (f16le(blk, 0), f16le(blk, 2));
                 for s in 0..8 {
                     let b = sb * 8 + s;
-                    let (sc, m) = scale_min_k4(s, &blk[4..16]);
-                    scale[b] = d * sc as f32;
-                    min[b] = -dmin * m as f32;
-                    let q = &blk[16 + 32 * (s / 2)..16 + 32 * (s / 2) + 32];
-                    let shift = 4 * (s % 2);
-                    for (c, v) in codes[32 * b..32 * b + 32].iter_mut().zip(q) {
-                        *c = (v >> shift) & 0xF;
-                    }
+                    let c = &mut codes[32 * b..32 * b + 32];
+                    (scale[b], min[b]) = q4k_sub_block(blk, s, d, dmin, c);
                 }
             }
         }
