@@ -148,7 +148,7 @@ impl QMatrix {
     /// [`matmul`](Self::matmul) without the prompt GEMM, whatever `t`: the row kernels (one
     /// token fused, several through the multi-row kernels), or llama.cpp's int8 Q8_0 products
     /// under `--int8-activations`, or for one token under [`ActMode::Int8`] our int8 kernels.
-    /// The batched decode step uses it.
+    /// The batched decode step falls back to it ([`matmul_batch`](Self::matmul_batch)).
     pub fn matmul_rows(&self, x: &[f32], t: usize, y: &mut [f32]) {
         let data = self.data.bytes();
         if self.int8() {
