@@ -19,8 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rayon::prelude::*;
-
 use super::{Engine, FinishReason, GenParams, Sampler, StopMatcher};
 use crate::error::{Error, Result};
 use crate::model::KvCache;
@@ -110,6 +108,11 @@ pub struct SchedulerStats {
     /// batch size).
     pub decode_steps: AtomicU64,
     pub decode_rows: AtomicU64,
+    /// Microseconds the scheduler spent computing prompts, in batched decode forward
+    /// passes, and sampling from their logits (where a step's time goes).
+    pub prefill_micros: AtomicU64,
+    pub decode_micros: AtomicU64,
+    pub sample_micros: AtomicU64,
     pub finished: AtomicU64,
     pub cancelled: AtomicU64,
 }
@@ -421,6 +424,12 @@ impl PrefixCache {
 // The decode loop
 // ------------------------------------------------------------------------------------------
 
+/// Adds the microseconds since `since` to a time counter.
+fn add_micros(counter: &AtomicU64, since: Instant) {
+    let us = u64::try_from(since.elapsed().as_micros()).unwrap_or(u64::MAX);
+    counter.fetch_add(us, Ordering::Relaxed);
+}
+
 struct Loop {
     engine: Arc<Engine>,
     cfg: SchedulerConfig,
@@ -515,62 +524,111 @@ impl Loop {
                 }
             }
 
-            // --- 2. chunked prefill, oldest first, within the token budget
+            // --- 2. prompts alone while nothing decodes: chunked, oldest first, within the
+            // token budget, each its own forward pass (a lone request keeps the exact
+            // single-sequence arithmetic).
             let mut budget = self.cfg.prefill_chunk;
-            for s in seqs.iter_mut() {
-                if budget == 0 {
-                    break;
-                }
-                if s.finish.is_some() || s.prefilled == s.prompt.len() {
-                    continue;
-                }
-                let end = (s.prefilled + budget).min(s.prompt.len());
-                let chunk = &s.prompt[s.prefilled..end];
-                budget -= chunk.len();
-                match engine.model.forward(chunk, &mut s.cache, 1) {
-                    Ok(mut logits) => {
-                        s.prefilled = end;
-                        self.stats
-                            .prompt_tokens
-                            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        if end == s.prompt.len() {
-                            PrefixCache::remember(&mut prefix, engine, s);
-                            s.accept(&mut logits, &eot, &self.stats);
-                        }
+            let decoding = |s: &Seq<'_>| s.finish.is_none() && s.next.is_some();
+            if !seqs.iter().any(decoding) {
+                let t_prefill = Instant::now();
+                for s in seqs.iter_mut() {
+                    if budget == 0 {
+                        break;
                     }
-                    Err(e) => s.fail(e.to_string()),
+                    if s.finish.is_some() || s.prefilled == s.prompt.len() {
+                        continue;
+                    }
+                    let end = (s.prefilled + budget).min(s.prompt.len());
+                    let chunk = &s.prompt[s.prefilled..end];
+                    budget -= chunk.len();
+                    match engine.model.forward(chunk, &mut s.cache, 1) {
+                        Ok(mut logits) => {
+                            s.prefilled = end;
+                            self.stats
+                                .prompt_tokens
+                                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            if end == s.prompt.len() {
+                                PrefixCache::remember(&mut prefix, engine, s);
+                                s.accept(&mut logits, &eot, &self.stats);
+                            }
+                        }
+                        Err(e) => s.fail(e.to_string()),
+                    }
                 }
+                add_micros(&self.stats.prefill_micros, t_prefill);
             }
 
-            // --- 3. one batched decode step for every sequence with a token to feed
-            let mut batch: Vec<&mut Seq<'_>> = seqs
-                .iter_mut()
-                .filter(|s| s.finish.is_none() && s.next.is_some())
-                .collect();
+            // --- 3. one batched step: a token for every decoding sequence and, while some
+            // decode, prompt chunks (within what is left of the budget) riding along, so a
+            // new request's prompt shares the step's weight reads instead of stalling it.
+            let any_decoding = seqs.iter().any(decoding);
+            let mut batch: Vec<(&mut Seq<'_>, usize)> = Vec::new();
+            for s in seqs.iter_mut() {
+                if decoding(s) {
+                    batch.push((s, 0));
+                } else if any_decoding
+                    && budget > 0
+                    && s.finish.is_none()
+                    && s.prefilled < s.prompt.len()
+                {
+                    let n = budget.min(s.prompt.len() - s.prefilled);
+                    budget -= n;
+                    batch.push((s, n));
+                }
+            }
             if !batch.is_empty() {
-                let tokens: Vec<u32> = batch.iter().filter_map(|s| s.next).collect();
+                let mut tokens = Vec::with_capacity(batch.len());
+                let mut counts = Vec::with_capacity(batch.len());
+                for (s, n) in &batch {
+                    match (*n, s.next) {
+                        (0, Some(t)) => {
+                            tokens.push(t);
+                            counts.push(1);
+                        }
+                        _ => {
+                            tokens.extend_from_slice(&s.prompt[s.prefilled..s.prefilled + n]);
+                            counts.push(*n);
+                        }
+                    }
+                }
+                let t_decode = Instant::now();
                 let result = {
                     let mut caches: Vec<&mut KvCache> =
-                        batch.iter_mut().map(|s| &mut s.cache).collect();
-                    engine.model.forward_batch(&tokens, &mut caches)
+                        batch.iter_mut().map(|(s, _)| &mut s.cache).collect();
+                    engine
+                        .model
+                        .forward_batch_chunks(&tokens, &counts, &mut caches)
                 };
+                add_micros(&self.stats.decode_micros, t_decode);
                 match result {
                     Ok(mut logits) => {
+                        let t_sample = Instant::now();
+                        let rows = batch.iter().filter(|(_, n)| *n == 0).count();
                         self.stats.decode_steps.fetch_add(1, Ordering::Relaxed);
                         self.stats
                             .decode_rows
-                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        // Sampling (a sort over the vocabulary) is per sequence: in parallel.
-                        batch
-                            .par_iter_mut()
-                            .zip(logits.par_chunks_mut(vocab))
-                            .for_each(|(s, l)| {
+                            .fetch_add(rows as u64, Ordering::Relaxed);
+                        // Sampling is serial: per sequence it is tens of microseconds,
+                        // less than handing it to the pool costs.
+                        for ((s, n), l) in batch.iter_mut().zip(logits.chunks_mut(vocab)) {
+                            if *n == 0 {
                                 s.next = None;
                                 s.accept(l, &eot, &self.stats);
-                            });
+                                continue;
+                            }
+                            s.prefilled += *n;
+                            self.stats
+                                .prompt_tokens
+                                .fetch_add(*n as u64, Ordering::Relaxed);
+                            if s.prefilled == s.prompt.len() {
+                                PrefixCache::remember(&mut prefix, engine, s);
+                                s.accept(l, &eot, &self.stats);
+                            }
+                        }
+                        add_micros(&self.stats.sample_micros, t_sample);
                     }
                     Err(e) => {
-                        for s in batch.iter_mut() {
+                        for (s, _) in batch.iter_mut() {
                             s.fail(e.to_string());
                         }
                     }

@@ -642,12 +642,12 @@ impl Metrics {
                 ));
             }
         }
-        let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+        let mut metric = |name: &str, kind: &str, help: &str, v: f64| {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
             ));
         };
-        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         metric(
             "alpaca_prompt_tokens_total",
             "counter",
@@ -678,6 +678,25 @@ impl Metrics {
             "Sequences advanced by decode steps (divided by steps: mean batch size).",
             ld(&s.decode_rows),
         );
+        let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e6;
+        metric(
+            "alpaca_prefill_seconds_total",
+            "counter",
+            "Time the scheduler spent computing prompts.",
+            secs(&s.prefill_micros),
+        );
+        metric(
+            "alpaca_decode_seconds_total",
+            "counter",
+            "Time in batched decode forward passes.",
+            secs(&s.decode_micros),
+        );
+        metric(
+            "alpaca_sample_seconds_total",
+            "counter",
+            "Time sampling tokens from the decode steps' logits.",
+            secs(&s.sample_micros),
+        );
         metric(
             "alpaca_generations_finished_total",
             "counter",
@@ -694,13 +713,13 @@ impl Metrics {
             "alpaca_queue_depth",
             "gauge",
             "Requests waiting for a decoding slot.",
-            s.queued.load(Ordering::Relaxed) as u64,
+            s.queued.load(Ordering::Relaxed) as f64,
         );
         metric(
             "alpaca_active_sequences",
             "gauge",
             "Sequences in a decoding slot.",
-            s.active.load(Ordering::Relaxed) as u64,
+            s.active.load(Ordering::Relaxed) as f64,
         );
         self.ttft.render(
             "alpaca_time_to_first_token_seconds",

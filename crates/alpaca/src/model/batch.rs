@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::attention::{attention, KvCache};
 use crate::model::linear::Linear;
 use crate::model::llama::Llama;
-use crate::model::ops::{rms_norm, rope_angles, rope_normal, swiglu};
+use crate::model::ops::{rms_norm, rope_angles, rope_normal, swiglu_fast};
 use crate::model::Model;
 
 impl Model {
@@ -23,36 +23,57 @@ impl Model {
     /// `caches[i]` at position `caches[i].len()`. Returns logits `[b, vocab]`, row `i` for
     /// sequence `i`. On error no cache is changed.
     pub fn forward_batch(&self, tokens: &[u32], caches: &mut [&mut KvCache]) -> Result<Vec<f32>> {
-        let b = tokens.len();
-        if b == 0 || caches.len() != b {
+        self.forward_batch_chunks(tokens, &vec![1; tokens.len()], caches)
+    }
+
+    /// Advance `b = caches.len()` sequences in one pass, sequence `i` by `counts[i]` (1 or
+    /// more) tokens: the next `counts[i]` of `tokens`, appended to `caches[i]` from position
+    /// `caches[i].len()`. A prompt chunk rides along with the decode rows of other
+    /// sequences (the server's chunked prefill), sharing every weight read. Returns logits
+    /// `[b, vocab]` of each sequence's last token. On error no cache is changed.
+    pub fn forward_batch_chunks(
+        &self,
+        tokens: &[u32],
+        counts: &[usize],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Vec<f32>> {
+        let b = caches.len();
+        if b == 0
+            || counts.len() != b
+            || counts.contains(&0)
+            || counts.iter().sum::<usize>() != tokens.len()
+        {
             return Err(Error::InvalidArgument(format!(
-                "forward_batch: {b} tokens for {} caches",
-                caches.len()
+                "forward_batch: {} tokens in chunks {counts:?} for {b} caches",
+                tokens.len()
             )));
         }
         let vocab = self.vocab_size();
-        for (cache, &tok) in caches.iter().zip(tokens) {
-            if cache.len() + 1 > cache.capacity() {
+        for (cache, &n) in caches.iter().zip(counts) {
+            if cache.len() + n > cache.capacity() {
                 return Err(Error::ContextOverflow {
-                    prompt: cache.len() + 1,
+                    prompt: cache.len() + n,
                     max_new: 0,
                     ctx: cache.capacity(),
                 });
             }
-            if tok as usize >= vocab {
-                return Err(Error::InvalidArgument(format!(
-                    "token id {tok} is outside the vocabulary of {vocab}"
-                )));
-            }
+        }
+        if let Some(tok) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::InvalidArgument(format!(
+                "token id {tok} is outside the vocabulary of {vocab}"
+            )));
         }
         match self {
-            Model::Llama(m) => Ok(llama_step(m, tokens, caches)),
+            Model::Llama(m) => Ok(llama_step(m, tokens, counts, caches)),
             // Architectures without a batched step run each sequence alone (correct, but
             // without the shared weight reads).
             _ => {
                 let mut logits = Vec::with_capacity(b * vocab);
-                for (cache, &tok) in caches.iter_mut().zip(tokens) {
-                    logits.extend(self.forward(&[tok], cache, 1)?);
+                let mut rest = tokens;
+                for (cache, &n) in caches.iter_mut().zip(counts) {
+                    let (mine, r) = rest.split_at(n);
+                    rest = r;
+                    logits.extend(self.forward(mine, cache, 1)?);
                 }
                 Ok(logits)
             }
@@ -60,33 +81,49 @@ impl Model {
     }
 }
 
-/// The LLaMA decode step for `b` sequences (inputs already validated): see
-/// [`Llama::forward`](crate::model::llama::Llama::forward), of which this is the `t = 1`
-/// case with one row per sequence.
-fn llama_step(m: &Llama, tokens: &[u32], caches: &mut [&mut KvCache]) -> Vec<f32> {
-    let b = tokens.len();
+/// The LLaMA step for `b` sequences (inputs already validated): see
+/// [`Llama::forward`](crate::model::llama::Llama::forward); sequence `i` contributes
+/// `counts[i]` consecutive rows (one when decoding), at its own positions.
+fn llama_step(
+    m: &Llama,
+    tokens: &[u32],
+    counts: &[usize],
+    caches: &mut [&mut KvCache],
+) -> Vec<f32> {
+    let b = tokens.len(); // rows
     let c = &m.cfg;
     let (d, hd) = (c.dim, c.head_dim);
     let (qd, kvd) = (c.q_dim(), c.kv_dim());
+    // The first row of each sequence.
+    let starts: Vec<usize> = counts
+        .iter()
+        .scan(0, |acc, &n| {
+            let s = *acc;
+            *acc += n;
+            Some(s)
+        })
+        .collect();
 
-    // x: [b, d] token embeddings, one row per sequence
+    // x: [rows, d] token embeddings
     let mut x = vec![0f32; b * d];
     for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
         m.tok_embd.dequantize_row_into(tok as usize, row);
     }
-    // RoPE tables at each sequence's own position: [b, rope_dim/2]
+    // RoPE tables at each row's own position: [rows, rope_dim/2]
     let half = c.rope_dim / 2;
     let mut cos = vec![0f32; b * half];
     let mut sin = vec![0f32; b * half];
-    for (i, cache) in caches.iter().enumerate() {
-        let s = i * half..(i + 1) * half;
-        rope_angles(
-            cache.len(),
-            c.rope_dim,
-            c.rope_base,
-            &mut cos[s.clone()],
-            &mut sin[s],
-        );
+    for ((cache, &s0), &n) in caches.iter().zip(&starts).zip(counts) {
+        for j in 0..n {
+            let s = (s0 + j) * half..(s0 + j + 1) * half;
+            rope_angles(
+                cache.len() + j,
+                c.rope_dim,
+                c.rope_base,
+                &mut cos[s.clone()],
+                &mut sin[s],
+            );
+        }
     }
     let shape = c.attn_shape();
 
@@ -117,18 +154,23 @@ fn llama_step(m: &Llama, tokens: &[u32], caches: &mut [&mut KvCache]) -> Vec<f32
                 rope_normal(&mut head[..c.rope_dim], cs, sn);
             }
         }
-        for (i, cache) in caches.iter_mut().enumerate() {
-            cache.push(l, &k[i * kvd..(i + 1) * kvd], &v[i * kvd..(i + 1) * kvd]);
+        for ((cache, &s0), &n) in caches.iter_mut().zip(&starts).zip(counts) {
+            let rows = s0 * kvd..(s0 + n) * kvd;
+            cache.push(l, &k[rows.clone()], &v[rows]);
         }
         // One task per sequence; `attention` splits each over its heads.
-        att.par_chunks_mut(qd)
-            .zip(q.par_chunks(qd))
-            .zip(caches.par_iter())
-            .for_each(|((out, qi), cache)| {
-                let pos = cache.len();
-                let (keys, values) = (cache.keys(l), cache.values(l));
-                attention(qi, keys, values, pos, 1, shape, out);
-            });
+        let mut jobs = Vec::with_capacity(caches.len());
+        let mut rest = &mut att[..];
+        for ((cache, &s0), &n) in caches.iter().zip(&starts).zip(counts) {
+            let (out, r) = rest.split_at_mut(n * qd);
+            rest = r;
+            jobs.push((out, &q[s0 * qd..(s0 + n) * qd], &**cache, n));
+        }
+        jobs.into_par_iter().for_each(|(out, qi, cache, n)| {
+            let pos = cache.len();
+            let (keys, values) = (cache.keys(l), cache.values(l));
+            attention(qi, keys, values, pos, n, shape, out);
+        });
         linear(&blk.wo, &att, b, &mut proj);
         x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
 
@@ -138,20 +180,23 @@ fn llama_step(m: &Llama, tokens: &[u32], caches: &mut [&mut KvCache]) -> Vec<f32
         }
         linear(&blk.w_gate, &h, b, &mut gate);
         linear(&blk.w_up, &h, b, &mut up);
-        swiglu(&mut gate, &up);
+        swiglu_fast(&mut gate, &up);
         linear(&blk.w_down, &gate, b, &mut proj);
         x.iter_mut().zip(&proj).for_each(|(a, p)| *a += p);
     }
-    for cache in caches.iter_mut() {
-        cache.advance(1);
+    for (cache, &n) in caches.iter_mut().zip(counts) {
+        cache.advance(n);
     }
 
-    // --- head: logits [b, vocab]
-    for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        rms_norm(xr, &m.output_norm, c.rms_eps, hr);
+    // --- head: logits [sequences, vocab], from each sequence's last row
+    let nseq = caches.len();
+    let mut hn = vec![0f32; nseq * d];
+    for ((hr, &s0), &n) in hn.chunks_exact_mut(d).zip(&starts).zip(counts) {
+        let last = s0 + n - 1;
+        rms_norm(&x[last * d..(last + 1) * d], &m.output_norm, c.rms_eps, hr);
     }
-    let mut logits = vec![0f32; b * c.vocab_size];
-    linear(&m.output, &h, b, &mut logits);
+    let mut logits = vec![0f32; nseq * c.vocab_size];
+    linear(&m.output, &hn, nseq, &mut logits);
     logits
 }
 
@@ -231,6 +276,61 @@ mod tests {
         }
     }
 
+    /// A step mixing prompt chunks (several rows of one sequence, past the tiled attention's
+    /// threshold too) with decode rows equals each sequence's own forward pass, and leaves
+    /// every cache at the same length and contents.
+    #[test]
+    fn prompt_chunks_ride_along_with_decode_rows() {
+        for ty in [GgmlType::F32, GgmlType::Q8_0] {
+            let m = tiny(ty);
+            let vocab = m.vocab_size();
+            let starts: [&[u32]; 3] = [&[5, 70, 80], &[9], &[]];
+            let feeds: [&[u32]; 3] = [
+                &[21],
+                &[30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40],
+                &[7, 8],
+            ];
+            let mut alone: Vec<_> = starts.iter().map(|_| m.new_cache(64)).collect();
+            let mut batched: Vec<_> = starts.iter().map(|_| m.new_cache(64)).collect();
+            for (i, p) in starts.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+                m.forward(p, &mut alone[i], 1).expect("prefill");
+                m.forward(p, &mut batched[i], 1).expect("prefill");
+            }
+            let tokens: Vec<u32> = feeds.concat();
+            let counts: Vec<usize> = feeds.iter().map(|f| f.len()).collect();
+            let mut refs: Vec<_> = batched.iter_mut().collect();
+            let got = m
+                .forward_batch_chunks(&tokens, &counts, &mut refs)
+                .expect("mixed step");
+            assert_eq!(got.len(), 3 * vocab);
+            for (i, f) in feeds.iter().enumerate() {
+                let want = m.forward(f, &mut alone[i], 1).expect("alone");
+                let row = &got[i * vocab..(i + 1) * vocab];
+                for (a, b) in row.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-4, "{} seq {i}", ty.name());
+                }
+                assert_eq!(batched[i].len(), alone[i].len());
+                for l in 0..2 {
+                    for (a, b) in batched[i].keys(l).iter().zip(alone[i].keys(l)) {
+                        assert!((a - b).abs() < 1e-5, "{} seq {i} layer {l} keys", ty.name());
+                    }
+                }
+            }
+            // Bad chunkings are refused and change nothing.
+            let lens: Vec<usize> = batched.iter().map(|c| c.len()).collect();
+            let mut refs: Vec<_> = batched.iter_mut().collect();
+            for counts in [vec![1, 1, 0], vec![1, 1], vec![1, 1, 2]] {
+                let toks = vec![1u32; 3];
+                assert!(m.forward_batch_chunks(&toks, &counts, &mut refs).is_err());
+            }
+            assert!(m
+                .forward_batch_chunks(&[1, 2, vocab as u32], &[1, 1, 1], &mut refs)
+                .is_err());
+            let after: Vec<usize> = batched.iter().map(|c| c.len()).collect();
+            assert_eq!(lens, after);
+        }
+    }
+
     /// Under the int8 batch policy a batched step differs from the `f32` per-sequence steps
     /// only by the activation rounding: logits within a small fraction of their spread.
     #[test]
@@ -299,10 +399,16 @@ mod bench {
     fn batch_step_timing() {
         let p = crate::assets::default_model_path();
         let mut m = Model::from_gguf(&Gguf::open(&p).expect("open")).expect("load");
-        for b in [1usize, 2, 4, 8, 16, 32] {
+        // Contexts of 8 and of 128 tokens (a chat prompt plus part of an answer: the
+        // server's case, where the caches of 8 sequences no longer fit in the L3 cache).
+        for (ctx, b) in [8usize, 128]
+            .into_iter()
+            .flat_map(|c| [1usize, 2, 4, 8, 16, 32].map(|b| (c, b)))
+        {
             let mut caches: Vec<_> = (0..b).map(|_| m.new_cache(512)).collect();
+            let prompt: Vec<u32> = (1..=ctx as u32).collect();
             for c in caches.iter_mut() {
-                m.forward(&[1, 2, 3, 4, 5, 6, 7, 8], c, 1).expect("prefill");
+                m.forward(&prompt, c, 1).expect("prefill");
             }
             let toks = vec![42u32; b];
             let n = 5;
@@ -324,7 +430,7 @@ mod bench {
             }
             let (f, i) = (times[0][2], times[1][2]);
             eprintln!(
-                "b={b:2}: f32 {:.1} ms/step ({:.0} tok/s), int8 {:.1} ms/step ({:.0} tok/s), {:.2}x (medians of 5)",
+                "ctx {ctx:3} b={b:2}: f32 {:.1} ms/step ({:.0} tok/s), int8 {:.1} ms/step ({:.0} tok/s), {:.2}x (medians of 5)",
                 f * 1e3,
                 b as f64 / f,
                 i * 1e3,
