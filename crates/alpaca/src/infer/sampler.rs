@@ -184,25 +184,54 @@ fn by_logit(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
 /// into `out`: one pass that keeps at most `2k` candidates and drops every logit not above
 /// the running k-th best (a later index never wins a tie, so the set is exactly that of a
 /// selection over all of them), instead of copying and selecting over the whole vocabulary
-/// for every sampled token.
+/// for every sampled token. Runs of [`RUN`] logits all below that floor are skipped after
+/// one vectorized maximum.
 fn top_k_into(logits: &[f32], k: usize, out: &mut Vec<(u32, f32)>) {
     out.clear();
     let mut floor: Option<f32> = None;
-    for (i, &l) in logits.iter().enumerate() {
-        if floor.is_some_and(|f| l.total_cmp(&f) != std::cmp::Ordering::Greater) {
+    for (r, run) in logits.chunks(RUN).enumerate() {
+        if floor.is_some_and(|f| all_below(run, f)) {
             continue;
         }
-        out.push((i as u32, l));
-        if out.len() == 2 * k {
-            out.select_nth_unstable_by(k - 1, by_logit);
-            out.truncate(k);
-            floor = Some(out[k - 1].1);
+        for (j, &l) in run.iter().enumerate() {
+            if floor.is_some_and(|f| l.total_cmp(&f) != std::cmp::Ordering::Greater) {
+                continue;
+            }
+            out.push(((r * RUN + j) as u32, l));
+            if out.len() == 2 * k {
+                out.select_nth_unstable_by(k - 1, by_logit);
+                out.truncate(k);
+                floor = Some(out[k - 1].1);
+            }
         }
     }
     if out.len() > k {
         out.select_nth_unstable_by(k - 1, by_logit);
         out.truncate(k);
     }
+}
+
+/// Logits per skip test in [`top_k_into`].
+const RUN: usize = 64;
+
+/// Whether every value of `run` is below `floor` (then none passes the floor under
+/// `total_cmp` either). False when `run` holds a NaN or `floor` is one: those take the
+/// exact per-value test. Sixteen running maxima, so the loop vectorizes.
+fn all_below(run: &[f32], floor: f32) -> bool {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut nan = false;
+    let mut it = run.chunks_exact(16);
+    for v in &mut it {
+        for i in 0..16 {
+            m[i] = if v[i] > m[i] { v[i] } else { m[i] };
+            nan |= v[i].is_nan();
+        }
+    }
+    for &x in it.remainder() {
+        m[0] = if x > m[0] { x } else { m[0] };
+        nan |= x.is_nan();
+    }
+    !nan && m.iter().all(|&x| x < floor)
 }
 
 /// Index of the largest logit (the first on ties).
@@ -229,10 +258,11 @@ mod tests {
             (100, 3),
             (1000, 40),
             (49_152, 40),
+            (49_155, 7),
             (5000, 2500),
         ] {
-            for ties in [false, true] {
-                let logits: Vec<f32> = (0..n)
+            for (ties, odd) in [(false, false), (true, false), (false, true)] {
+                let mut logits: Vec<f32> = (0..n)
                     .map(|_| {
                         let v = r.next_f32() * 20.0 - 10.0;
                         if ties {
@@ -242,6 +272,22 @@ mod tests {
                         }
                     })
                     .collect();
+                if odd {
+                    // NaNs of both signs, infinities and signed zeros late in the vector
+                    // (after the floor is set), where whole runs are skipped.
+                    let specials = [
+                        f32::NAN,
+                        -f32::NAN,
+                        f32::INFINITY,
+                        f32::NEG_INFINITY,
+                        0.0,
+                        -0.0,
+                    ];
+                    for (j, x) in specials.iter().enumerate() {
+                        let at = (n as usize).saturating_sub(1 + 13 * j);
+                        logits[at] = *x;
+                    }
+                }
                 let mut all: Vec<(u32, f32)> = logits
                     .iter()
                     .enumerate()
@@ -252,7 +298,15 @@ mod tests {
                 let mut got = Vec::new();
                 top_k_into(&logits, k, &mut got);
                 got.sort_unstable_by(by_logit);
-                assert_eq!(got, all, "n {n} k {k} ties {ties}");
+                assert_eq!(
+                    got.iter()
+                        .map(|&(i, l)| (i, l.to_bits()))
+                        .collect::<Vec<_>>(),
+                    all.iter()
+                        .map(|&(i, l)| (i, l.to_bits()))
+                        .collect::<Vec<_>>(),
+                    "n {n} k {k} ties {ties} odd {odd}"
+                );
             }
         }
     }
