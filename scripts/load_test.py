@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Load test of `alpaca serve` over loopback: concurrent streaming clients (asyncio + httpx).
 
-Phases (each on the same server, started here from the release binary unless --base-url):
-  1 stream, 8 streams (throughput scaling), then 32 streams for 60 s (the load run), and an
-  overload run against a second server with a tiny queue (only 429s may fail).
+Phases (each on the same server, started here from the release binary):
+  1 stream and 8 streams alternating for --rounds rounds (throughput scaling: the ratio per
+  round and its median), then 32 streams for 60 s (the load run), and an overload run
+  against a second server with a tiny queue (only 429s may fail).
 Reports aggregate tokens/s (streamed chunks arriving inside the phase window), TTFT and
 per-token latency percentiles, errors by kind, and the server's resident memory over time.
 Every loop is bounded in time; traffic goes only to 127.0.0.1.
@@ -172,11 +173,15 @@ async def main_async(args):
         await run_phase(base, Phase("warmup", 1, 3), args.max_tokens, 999)
         rss, stop = [], asyncio.Event()
         sampler = asyncio.create_task(sample_rss(srv, rss, stop))
-        for name, clients, secs in [
-            ("single stream", 1, args.scale_seconds),
-            ("8 streams", 8, args.scale_seconds),
-            ("32 streams (load)", 32, args.load_seconds),
-        ]:
+        # The scaling phases alternate, round by round, so that both see the same machine
+        # (shared and noisy): the ratio is reported per round and as their median.
+        plan = []
+        for r in range(args.rounds):
+            tag = f" (round {r + 1})" if args.rounds > 1 else ""
+            plan += [("single stream" + tag, 1, args.scale_seconds),
+                     ("8 streams" + tag, 8, args.scale_seconds)]
+        plan.append(("32 streams (load)", 32, args.load_seconds))
+        for name, clients, secs in plan:
             ph = await run_phase(base, Phase(name, clients, secs), args.max_tokens, clients * 1000)
             s = summary(ph)
             results["phases"].append(s)
@@ -196,8 +201,15 @@ async def main_async(args):
         stop.set()
         await sampler
     results["server_exit_code"] = srv.returncode
-    single, eight = results["phases"][0]["tokens_per_s"], results["phases"][1]["tokens_per_s"]
-    results["scaling_8_over_1"] = round(eight / single, 2) if single else None
+    scaling = results["phases"][:-1]
+    singles = [p["tokens_per_s"] for p in scaling if p["clients"] == 1]
+    eights = [p["tokens_per_s"] for p in scaling if p["clients"] == 8]
+    ratios = [round(e / s, 2) if s else None for s, e in zip(singles, eights)]
+    results["scaling_rounds"] = ratios
+    results["single_stream_median_tokens_per_s"] = statistics.median(singles)
+    results["8_streams_median_tokens_per_s"] = statistics.median(eights)
+    valid = [r for r in ratios if r is not None]
+    results["scaling_8_over_1"] = statistics.median(valid) if valid else None
 
     if args.overload_seconds > 0:
         with AlpacaServer(args.model, args.bin, extra=extra + ["-q", "--parallel", "4", "--queue", "4"]) as srv:
@@ -209,7 +221,10 @@ async def main_async(args):
         results["overload_server_exit_code"] = srv.returncode
 
     print(f"\nmemory during the load run (RSS MiB): {results.get('rss_mib')}")
-    print(f"aggregate throughput, 8 streams / 1 stream: {results['scaling_8_over_1']}x")
+    print(f"aggregate throughput, 8 streams / 1 stream: median {results['scaling_8_over_1']}x "
+          f"over {len(ratios)} round(s) {ratios}; median tokens/s "
+          f"{results['single_stream_median_tokens_per_s']} -> "
+          f"{results['8_streams_median_tokens_per_s']}")
     print(f"server exit codes after SIGTERM: {results['server_exit_code']}, "
           f"{results.get('overload_server_exit_code')}")
     if args.json:
@@ -227,6 +242,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="server -t (default: all cores)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--scale-seconds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternating single-stream / 8-stream rounds (median ratio reported)")
     ap.add_argument("--load-seconds", type=int, default=60)
     ap.add_argument("--overload-seconds", type=int, default=10)
     ap.add_argument("--json", help="write the results here")
