@@ -367,6 +367,15 @@ mod x86 {
         hd: usize,
         out: &mut [f32],
     ) {
+        // All heads of the group in one pass over the value rows (each row loaded once,
+        // G x C independent accumulators instead of C), where the registers allow.
+        match (out.len() / hd, hd / 16) {
+            (2, 4) => return wv_heads::<2, 4>(scores, values, sp, out),
+            (3, 4) => return wv_heads::<3, 4>(scores, values, sp, out),
+            (4, 4) => return wv_heads::<4, 4>(scores, values, sp, out),
+            (2, 8) => return wv_heads::<2, 8>(scores, values, sp, out),
+            _ => {}
+        }
         match hd / 16 {
             4 => wv::<4>(scores, values, sp, out),
             8 => wv::<8>(scores, values, sp, out),
@@ -391,6 +400,43 @@ mod x86 {
             weighted_row(scores, values, sp, h, &mut acc);
             for (i, a) in acc.iter().enumerate() {
                 _mm512_storeu_ps(o.as_mut_ptr().add(16 * i), *a);
+            }
+        }
+    }
+
+    /// [`wv`] for the `G` heads of `out` at once: per head the same accumulation (from
+    /// zero, positions in order), so the results are those of [`wv`].
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn wv_heads<const G: usize, const C: usize>(
+        scores: &[f32],
+        values: &[f32],
+        sp: Span,
+        out: &mut [f32],
+    ) {
+        debug_assert_eq!(out.len(), G * C * 16);
+        let n = sp.last + 1 - sp.first;
+        let vp = values.as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); C]; G];
+        for j in 0..n {
+            let v = vp.add((sp.first + j) * sp.kv_dim + sp.off);
+            if j + AHEAD < n {
+                prefetch_row(v.add(AHEAD * sp.kv_dim), 16 * C);
+            }
+            let mut vs = [_mm512_setzero_ps(); C];
+            for (i, x) in vs.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(v.add(16 * i));
+            }
+            for (h, ah) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(*scores.get_unchecked(h * n + j));
+                for (x, vi) in ah.iter_mut().zip(&vs) {
+                    *x = _mm512_fmadd_ps(a, *vi, *x);
+                }
+            }
+        }
+        for (h, ah) in acc.iter().enumerate() {
+            for (i, a) in ah.iter().enumerate() {
+                _mm512_storeu_ps(out.as_mut_ptr().add((h * C + i) * 16), *a);
             }
         }
     }
@@ -508,7 +554,23 @@ mod tests {
     /// bit for bit.
     #[test]
     fn group_attention_equals_the_portable_loops_bit_for_bit() {
-        let (hd, g, n, kv_dim, off, first) = (64, 3, 37, 192, 64, 2);
+        // Every head-group / head-size pairing of the AVX-512 value pass, and the fallbacks.
+        for (hd, g) in [
+            (64, 3),
+            (64, 1),
+            (64, 2),
+            (64, 4),
+            (128, 2),
+            (128, 3),
+            (32, 5),
+        ] {
+            group_attention_case(hd, g);
+        }
+    }
+
+    fn group_attention_case(hd: usize, g: usize) {
+        let (n, first) = (37, 2);
+        let (kv_dim, off) = (3 * hd, hd);
         let q: Vec<f32> = (0..g * hd).map(|i| (i as f32 * 0.37).sin()).collect();
         let keys: Vec<f32> = (0..n * kv_dim).map(|i| (i as f32 * 0.11).cos()).collect();
         let values: Vec<f32> = (0..n * kv_dim).map(|i| (i as f32 * 0.07).sin()).collect();
@@ -519,7 +581,7 @@ mod tests {
             last: n - 1,
         };
         let s = AttnShape {
-            n_heads: 9,
+            n_heads: 3 * g,
             n_kv_heads: 3,
             head_dim: hd,
             scale: 0.125,
@@ -549,7 +611,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(out, want);
+        assert_eq!(out, want, "head_dim {hd}, {g} heads per kv head");
     }
 
     #[test]
