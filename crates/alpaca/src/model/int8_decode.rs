@@ -342,9 +342,16 @@ pub fn matvec(
         }
     };
     let rb = ty.row_bytes(cols);
-    ACTS.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        quantize_acts(x, &mut buf);
+    ACTS.with(|cell| {
+        // Held across `par_rows`: a re-entrant call on this thread (a rayon task run while
+        // it waits) takes a buffer of its own.
+        let mut fresh = ActBuf::default();
+        let mut guard = cell.try_borrow_mut();
+        let buf = match guard.as_deref_mut() {
+            Ok(b) => b,
+            Err(_) => &mut fresh,
+        };
+        quantize_acts(x, buf);
         let acts = buf.view();
         let out = OutPtr::new(y);
         // SAFETY (both arms): `kern` is of a supported level; every row is

@@ -316,8 +316,15 @@ pub fn matvec_fused(
     let kern = row_kernel(level, ty);
     let nb = cols.div_ceil(32);
     let rb = ty.row_bytes(cols);
-    XS.with(|xs| {
-        let mut xs = xs.borrow_mut();
+    XS.with(|cell| {
+        // Held across `par_rows`: a rayon task run on this thread while it waits (another
+        // product of a `rayon::join`) may land here again; it takes a buffer of its own.
+        let mut fresh = Vec::new();
+        let mut guard = cell.try_borrow_mut();
+        let xs = match guard.as_deref_mut() {
+            Ok(xs) => xs,
+            Err(_) => &mut fresh,
+        };
         xs.resize(t * nb, 0.0);
         for (o, xr) in xs.chunks_exact_mut(nb).zip(x.chunks_exact(cols)) {
             block_sums(xr, o);
@@ -642,6 +649,50 @@ pub(crate) mod tests {
                 check_drivers(ty, 300, 512, &[1, 3, 29], &mut rng);
             }
         });
+    }
+
+    /// One-token products run concurrently under `rayon::join` (as the batched step does)
+    /// equal the products run one by one. A thread waiting inside one product's parallel
+    /// loop may run another product, so the buffer it holds across the loop is taken with
+    /// `try_borrow_mut` and a fresh one otherwise; this schedule may or may not hit that
+    /// re-entry on a given run (rayon steals the oldest job first).
+    #[test]
+    fn joined_products_on_a_pool_equal_serial_ones() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .expect("pool");
+        let mut rng = Lcg(9);
+        let (rows, cols) = (256, 512);
+        let level = default_level();
+        for ty in [GgmlType::F32, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let data: Vec<Vec<u8>> = (0..3)
+                .map(|_| random_matrix(ty, rows, cols, &mut rng))
+                .collect();
+            let x: Vec<f32> = (0..cols).map(|_| rng.unit()).collect();
+            let mut want = vec![vec![0f32; rows]; 3];
+            for (d, w) in data.iter().zip(want.iter_mut()) {
+                matvec(level, ty, d, rows, cols, &x, 1, w);
+            }
+            pool.install(|| {
+                for _ in 0..200 {
+                    let mut got = vec![vec![f32::NAN; rows]; 3];
+                    let [a, b, c] = &mut got[..] else {
+                        unreachable!()
+                    };
+                    rayon::join(
+                        || matvec(level, ty, &data[0], rows, cols, &x, 1, a),
+                        || {
+                            rayon::join(
+                                || matvec(level, ty, &data[1], rows, cols, &x, 1, b),
+                                || matvec(level, ty, &data[2], rows, cols, &x, 1, c),
+                            )
+                        },
+                    );
+                    assert_eq!(got, want, "{}", ty.name());
+                }
+            });
+        }
     }
 
     #[test]
