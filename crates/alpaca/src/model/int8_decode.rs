@@ -342,15 +342,8 @@ pub fn matvec(
         }
     };
     let rb = ty.row_bytes(cols);
-    ACTS.with(|cell| {
-        // Held across `par_rows`: a re-entrant call on this thread (a rayon task run while
-        // it waits) takes a buffer of its own.
-        let mut fresh = ActBuf::default();
-        let mut guard = cell.try_borrow_mut();
-        let buf = match guard.as_deref_mut() {
-            Ok(b) => b,
-            Err(_) => &mut fresh,
-        };
+    // Held across `par_rows`: see `with_scratch`.
+    kernels::with_scratch(&ACTS, |buf| {
         quantize_acts(x, buf);
         let acts = buf.view();
         let out = OutPtr::new(y);

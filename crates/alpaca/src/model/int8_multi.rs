@@ -262,22 +262,9 @@ pub fn matmul(
     let level = level.min(level_for(SimdLevel::Avx512));
     let kern = kernel(level);
     let fmt = format(ty, level);
-    // A rayon task run on this thread while it waits could land here again: fall back to a
-    // fresh buffer rather than a second borrow.
-    PACKED.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut p) => run(kern, fmt, ty, data, rows, cols, x, t, y, &mut p),
-        Err(_) => run(
-            kern,
-            fmt,
-            ty,
-            data,
-            rows,
-            cols,
-            x,
-            t,
-            y,
-            &mut Packed::default(),
-        ),
+    // Held across the parallel loop: see `with_scratch`.
+    kernels::with_scratch(&PACKED, |p| {
+        run(kern, fmt, ty, data, rows, cols, x, t, y, p)
     });
 }
 
@@ -300,13 +287,7 @@ fn run(
     let rb = ty.row_bytes(cols);
     let out = OutPtr::new(y);
     kernels::par_rows(rows, rb, 16, |range| {
-        let mut buf = TileBuf::default();
-        TILE.with(|cell| {
-            let mut guard = cell.try_borrow_mut();
-            let tb = match guard.as_deref_mut() {
-                Ok(tb) => tb,
-                Err(_) => &mut buf,
-            };
+        kernels::with_scratch(&TILE, |tb| {
             tb.codes.resize(R * cols, 0);
             tb.scale.resize(R * nb, 0.0);
             tb.min.resize(R * nb, 0.0);

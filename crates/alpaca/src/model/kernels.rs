@@ -255,6 +255,19 @@ pub(super) fn par_rows(
         .for_each(|i| f(i * per..((i + 1) * per).min(rows)));
 }
 
+/// Runs `f` on this thread's `key` buffer, or on a fresh one when this thread already
+/// holds it: a thread waiting inside a parallel loop runs other rayon tasks (another
+/// product of a `rayon::join`, say), which may land in the same function again.
+pub(crate) fn with_scratch<T: Default + 'static, R>(
+    key: &'static std::thread::LocalKey<RefCell<T>>,
+    f: impl FnOnce(&mut T) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut b) => f(&mut b),
+        Err(_) => f(&mut T::default()),
+    })
+}
+
 thread_local! {
     static XS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -316,15 +329,8 @@ pub fn matvec_fused(
     let kern = row_kernel(level, ty);
     let nb = cols.div_ceil(32);
     let rb = ty.row_bytes(cols);
-    XS.with(|cell| {
-        // Held across `par_rows`: a rayon task run on this thread while it waits (another
-        // product of a `rayon::join`) may land here again; it takes a buffer of its own.
-        let mut fresh = Vec::new();
-        let mut guard = cell.try_borrow_mut();
-        let xs = match guard.as_deref_mut() {
-            Ok(xs) => xs,
-            Err(_) => &mut fresh,
-        };
+    // Held across `par_rows`: see `with_scratch`.
+    with_scratch(&XS, |xs| {
         xs.resize(t * nb, 0.0);
         for (o, xr) in xs.chunks_exact_mut(nb).zip(x.chunks_exact(cols)) {
             block_sums(xr, o);
