@@ -311,6 +311,26 @@ impl<'e> Seq<'e> {
         self.finish = Some(FinishReason::Cancelled);
     }
 
+    /// `n` more prompt tokens are in the cache (computed alone or riding along with a
+    /// batched step), `logits` those of the last: once the whole prompt is in, it is offered
+    /// as the shared prefix and the first token is sampled.
+    fn prompt_advanced(
+        &mut self,
+        n: usize,
+        logits: &mut [f32],
+        prefix: &mut Option<PrefixCache>,
+        engine: &Engine,
+        eot: &[u32],
+        stats: &SchedulerStats,
+    ) {
+        self.prefilled += n;
+        stats.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+        if self.prefilled == self.prompt.len() {
+            PrefixCache::remember(prefix, engine, self);
+            self.accept(logits, eot, stats);
+        }
+    }
+
     /// Sample from `logits` and stream the token; sets `finish` when the sequence ends.
     fn accept(&mut self, logits: &mut [f32], eot: &[u32], stats: &SchedulerStats) {
         if self.max_new == 0 {
@@ -538,20 +558,18 @@ impl Loop {
                     if s.finish.is_some() || s.prefilled == s.prompt.len() {
                         continue;
                     }
-                    let end = (s.prefilled + budget).min(s.prompt.len());
-                    let chunk = &s.prompt[s.prefilled..end];
-                    budget -= chunk.len();
+                    let n = budget.min(s.prompt.len() - s.prefilled);
+                    budget -= n;
+                    let chunk = &s.prompt[s.prefilled..s.prefilled + n];
                     match engine.model.forward(chunk, &mut s.cache, 1) {
-                        Ok(mut logits) => {
-                            s.prefilled = end;
-                            self.stats
-                                .prompt_tokens
-                                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                            if end == s.prompt.len() {
-                                PrefixCache::remember(&mut prefix, engine, s);
-                                s.accept(&mut logits, &eot, &self.stats);
-                            }
-                        }
+                        Ok(mut logits) => s.prompt_advanced(
+                            n,
+                            &mut logits,
+                            &mut prefix,
+                            engine,
+                            &eot,
+                            &self.stats,
+                        ),
                         Err(e) => s.fail(e.to_string()),
                     }
                 }
@@ -616,14 +634,7 @@ impl Loop {
                                 s.accept(l, &eot, &self.stats);
                                 continue;
                             }
-                            s.prefilled += *n;
-                            self.stats
-                                .prompt_tokens
-                                .fetch_add(*n as u64, Ordering::Relaxed);
-                            if s.prefilled == s.prompt.len() {
-                                PrefixCache::remember(&mut prefix, engine, s);
-                                s.accept(l, &eot, &self.stats);
-                            }
+                            s.prompt_advanced(*n, l, &mut prefix, engine, &eot, &self.stats);
                         }
                         add_micros(&self.stats.sample_micros, t_sample);
                     }
