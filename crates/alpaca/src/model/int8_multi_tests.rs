@@ -1,6 +1,6 @@
 use super::*;
 use crate::model::int8_decode::tests::{levels, random_x};
-use crate::model::kernels::tests::{random_matrix, Lcg};
+use crate::model::kernels::tests::{random_matrix, smollm2_layer, Lcg};
 use crate::model::quant::dequantize_row;
 
 const TYPES: [GgmlType; 6] = [
@@ -192,21 +192,7 @@ fn group_sizes_cover_every_count() {
 fn int8_multi_timing() {
     use std::time::Instant;
     let mut rng = Lcg(1);
-    let q41 = GgmlType::Q4_1;
-    let shapes = [
-        (q41, 576, 576),
-        (q41, 192, 576),
-        (q41, 192, 576),
-        (q41, 576, 576),
-        (q41, 1536, 576),
-        (q41, 1536, 576),
-        (q41, 576, 1536),
-        (GgmlType::Q8_0, 1536, 576),
-    ];
-    let mats: Vec<_> = shapes
-        .iter()
-        .map(|&(ty, r, c)| (ty, r, c, random_matrix(ty, r, c, &mut rng)))
-        .collect();
+    let mats = smollm2_layer(&mut rng);
     let f = kernels::default_level();
     let level = level_for(f);
     for t in [2usize, 3, 4, 8, 16, 32] {

@@ -501,6 +501,25 @@ pub(crate) mod tests {
         GgmlType::Q6K,
     ];
 
+    /// One SmolLM2-135M layer's matrices (Q4_1: q, k, v, o, gate, up, down) plus a slice of
+    /// its Q8_0 head, as `(type, rows, cols, random bytes)`: the timing tests' workload.
+    pub(crate) fn smollm2_layer(rng: &mut Lcg) -> Vec<(GgmlType, usize, usize, Vec<u8>)> {
+        let q41 = GgmlType::Q4_1;
+        [
+            (q41, 576, 576),
+            (q41, 192, 576),
+            (q41, 192, 576),
+            (q41, 576, 576),
+            (q41, 1536, 576),
+            (q41, 1536, 576),
+            (q41, 576, 1536),
+            (GgmlType::Q8_0, 1536, 576),
+        ]
+        .into_iter()
+        .map(|(ty, r, c)| (ty, r, c, random_matrix(ty, r, c, rng)))
+        .collect()
+    }
+
     /// Random valid bytes of `rows` rows of `cols` weights: random quants, sane f16 scales.
     pub(crate) fn random_matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Lcg) -> Vec<u8> {
         let n = rows * cols;

@@ -533,7 +533,7 @@ mod tests {
 mod bench {
     use std::time::Instant;
 
-    use super::super::tests::{random_matrix, Lcg};
+    use super::super::tests::{smollm2_layer, Lcg};
     use super::super::{default_level, gemm, matvec_fused};
     use super::*;
 
@@ -544,21 +544,7 @@ mod bench {
     #[ignore]
     fn multi_row_timing() {
         let mut rng = Lcg(1);
-        let q41 = GgmlType::Q4_1;
-        let shapes = [
-            (q41, 576, 576),
-            (q41, 192, 576),
-            (q41, 192, 576),
-            (q41, 576, 576),
-            (q41, 1536, 576),
-            (q41, 1536, 576),
-            (q41, 576, 1536),
-            (GgmlType::Q8_0, 1536, 576),
-        ];
-        let mats: Vec<_> = shapes
-            .iter()
-            .map(|&(ty, r, c)| (ty, r, c, random_matrix(ty, r, c, &mut rng)))
-            .collect();
+        let mats = smollm2_layer(&mut rng);
         let level = default_level();
         type Path = fn(SimdLevel, GgmlType, &[u8], usize, usize, &[f32], usize, &mut [f32]);
         let paths: [(&str, Path); 5] = [
