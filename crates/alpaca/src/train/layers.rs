@@ -602,20 +602,22 @@ pub fn head_loss(
             row.copy_from_slice(&hf[i * d..(i + 1) * d]);
         }
         for &(v0, v1) in &vchunks {
-            let e = w.rows_f32(v0, v1); // [vc, d]
-            gemm::sgemm(
-                m,
-                d,
-                v1 - v0,
-                1.0,
-                &ht,
-                (d, 1),
-                &e,
-                (1, d),
-                0.0,
-                &mut logits[v0..],
-                (vocab, 1),
-            );
+            // [vc, d]
+            w.with_rows_f32(v0, v1, |e| {
+                gemm::sgemm(
+                    m,
+                    d,
+                    v1 - v0,
+                    1.0,
+                    &ht,
+                    (d, 1),
+                    e,
+                    (1, d),
+                    0.0,
+                    &mut logits[v0..],
+                    (vocab, 1),
+                )
+            });
         }
         let losses: Vec<f64> = logits[..m * vocab]
             .par_chunks_mut(vocab)
@@ -629,20 +631,21 @@ pub fn head_loss(
         let mut dht = vec![0f32; m * d]; // [m, d] = dlogits . E
         for &(v0, v1) in &vchunks {
             let vc = v1 - v0;
-            let e = w.rows_f32(v0, v1);
-            gemm::sgemm(
-                m,
-                vc,
-                d,
-                1.0,
-                &logits[v0..],
-                (vocab, 1),
-                &e,
-                (d, 1),
-                1.0,
-                &mut dht,
-                (d, 1),
-            );
+            w.with_rows_f32(v0, v1, |e| {
+                gemm::sgemm(
+                    m,
+                    vc,
+                    d,
+                    1.0,
+                    &logits[v0..],
+                    (vocab, 1),
+                    e,
+                    (d, 1),
+                    1.0,
+                    &mut dht,
+                    (d, 1),
+                )
+            });
             if let Some(g) = grad.as_deref_mut() {
                 // dE[v0..v1, d] += dlogits[:, v0..v1]^T ht
                 gemm::sgemm(

@@ -219,3 +219,65 @@ impl TLlama {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Model;
+    use crate::train::model::{Method, TrainModel};
+
+    /// Median time of one forward+backward of a LoRA q,v (r 8, dropout 0.05) micro-batch of
+    /// 4 x 256 tokens on the real SmolLM2 Q4_1 model (from the model cache), 2 threads, 7 steps
+    /// after a warm-up (the optimizer step is not included):
+    /// `cargo test --release -p alpaca --lib lora_step_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn lora_step_timing() {
+        let path = crate::assets::models_dir().join(crate::assets::DEFAULT_MODEL_FILE);
+        let g = crate::model::hf::open_model(&path)
+            .expect("the default model (scripts/fetch-model.sh)");
+        let base = Model::from_gguf(&g).unwrap();
+        let mut targets = [false; 7];
+        targets[Q] = true;
+        targets[V] = true;
+        let method = Method::Lora {
+            r: 8,
+            alpha: 16.0,
+            dropout: 0.05,
+            targets,
+        };
+        let mut m = TrainModel::from_model(&base, &method, 1).unwrap();
+        let mut b = Batch::default();
+        let mut rng = crate::rng::Rng::new(5);
+        for s in 0..4 {
+            b.seqs.push((s * 256, 256));
+            for i in 0..256 {
+                b.tokens.push((rng.next_u64() % 49152) as u32);
+                if i > 0 {
+                    b.targets
+                        .push((s * 256 + i - 1, (rng.next_u64() % 49152) as u32));
+                }
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let mut ts: Vec<f64> = pool.install(|| {
+            m.forward_backward(&b, 1.0, Some(1), true).unwrap();
+            (0..7)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    m.forward_backward(&b, 1.0, Some(1), true).unwrap();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect()
+        });
+        ts.sort_by(|a, b| a.total_cmp(b));
+        let med = ts[ts.len() / 2];
+        println!(
+            "forward+backward median {med:.3} s, {:.1} tokens/s",
+            1024.0 / med
+        );
+    }
+}

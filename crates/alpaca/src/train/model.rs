@@ -14,6 +14,7 @@
 //! width, `r` LoRA rank.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use rayon::prelude::*;
 
@@ -23,6 +24,7 @@ use super::gemma3::TGemma3;
 use super::llama::TLlama;
 use crate::error::{Error, Result};
 use crate::model::gemma3::Gemma3;
+use crate::model::kernels;
 use crate::model::linear::QMatrix;
 use crate::model::llama::Llama;
 use crate::model::quant::GgmlType;
@@ -80,37 +82,43 @@ impl Weight {
             Weight::Train(p) => p.cols,
         }
     }
-    /// The values as f32: borrowed when already f32, else dequantized (transiently).
+    /// The values as f32: borrowed when already f32, else dequantized into a new buffer.
     pub fn f32(&self) -> Cow<'_, [f32]> {
-        match self {
-            Weight::Train(p) => Cow::Borrowed(&p.w),
-            Weight::Frozen(q) => {
-                if q.ty == GgmlType::F32 {
-                    // SAFETY: any bit pattern is a valid f32; alignment is checked by align_to.
-                    let (pre, mid, post) = unsafe { q.data.bytes().align_to::<f32>() };
-                    if pre.is_empty() && post.is_empty() {
-                        return Cow::Borrowed(mid);
-                    }
-                }
-                let mut out = vec![0f32; q.rows * q.cols];
-                out.par_chunks_mut(q.cols * 64)
-                    .enumerate()
-                    .for_each(|(c, o)| {
-                        for (j, row) in o.chunks_exact_mut(q.cols).enumerate() {
-                            q.dequantize_row_into(c * 64 + j, row);
-                        }
-                    });
+        match self.f32_if_plain() {
+            Cow::Borrowed(w) => Cow::Borrowed(w),
+            Cow::Owned(_) => {
+                let mut out = vec![0f32; self.rows() * self.cols()];
+                self.dequant_rows_into(0, &mut out);
                 Cow::Owned(out)
             }
         }
     }
-    /// Rows `r0..r1` as f32: borrowed when already f32, else dequantized (transiently).
-    pub(super) fn rows_f32(&self, r0: usize, r1: usize) -> Cow<'_, [f32]> {
+    /// Run `f` on the values as f32: see [`Self::with_rows_f32`].
+    pub(super) fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
+        self.with_rows_f32(0, self.rows(), f)
+    }
+    /// Run `f` on rows `r0..r1` as f32: borrowed when already f32, else dequantized into this
+    /// thread's scratch buffer, which is kept for the next product (no allocation, page
+    /// faults or zero-fill per product once it has grown).
+    pub(super) fn with_rows_f32<R>(&self, r0: usize, r1: usize, f: impl FnOnce(&[f32]) -> R) -> R {
         let cols = self.cols();
         if let Cow::Borrowed(all) = self.f32_if_plain() {
-            return Cow::Borrowed(&all[r0 * cols..r1 * cols]);
+            return f(&all[r0 * cols..r1 * cols]);
         }
-        let mut out = vec![0f32; (r1 - r0) * cols];
+        // Held across the parallel dequantization and the product: see `with_scratch`.
+        kernels::with_scratch(&DEQUANT, |buf| {
+            let len = (r1 - r0) * cols;
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            let out = &mut buf[..len];
+            self.dequant_rows_into(r0, out);
+            f(out)
+        })
+    }
+    /// Dequantize rows `r0..` into `out` (whole rows), in parallel.
+    fn dequant_rows_into(&self, r0: usize, out: &mut [f32]) {
+        let cols = self.cols();
         out.par_chunks_mut(cols * 64)
             .enumerate()
             .for_each(|(c, o)| {
@@ -118,7 +126,6 @@ impl Weight {
                     self.row_into(r0 + c * 64 + j, row);
                 }
             });
-        Cow::Owned(out)
     }
     /// The values when they are f32 already (no copy); empty otherwise.
     fn f32_if_plain(&self) -> Cow<'_, [f32]> {
@@ -143,6 +150,11 @@ impl Weight {
             Weight::Train(p) => out.copy_from_slice(&p.w[r * p.cols..(r + 1) * p.cols]),
         }
     }
+}
+
+thread_local! {
+    /// Dequantized frozen weights of [`Weight::with_rows_f32`].
+    static DEQUANT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A LoRA adapter (Hu et al. 2021, arXiv:2106.09685): `y += scale * (drop(x) A^T) B^T`.
@@ -235,7 +247,8 @@ impl TLinear {
         seed: u64,
     ) -> Vec<f32> {
         let (rows, cols) = self.dims();
-        gemm::nt(x, &self.w.f32(), y, n, cols, rows, 1.0, false);
+        self.w
+            .with_f32(|w| gemm::nt(x, w, y, n, cols, rows, 1.0, false));
         let Some(l) = &self.lora else {
             return Vec::new();
         };
@@ -264,7 +277,9 @@ impl TLinear {
         if let Weight::Train(w) = &mut self.w {
             gemm::tn(dy, x, &mut w.g, n, rows, cols, 1.0, true); // dW[out, in] += dy^T x
         }
-        gemm::nn(dy, &self.w.f32(), dx, n, rows, cols, 1.0, acc); // dx[n, in] (+)= dy W
+        // dx[n, in] (+)= dy W
+        self.w
+            .with_f32(|w| gemm::nn(dy, w, dx, n, rows, cols, 1.0, acc));
         let Some(l) = &mut self.lora else {
             return;
         };
