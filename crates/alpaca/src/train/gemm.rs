@@ -7,12 +7,25 @@
 //! - [`nn`]: `dx[m,k] (+)= dy[m,n] . w[n,k]` (input gradient);
 //! - [`tn`]: `dw[n,k] (+)= dy[m,n]^T . x[m,k]` (weight gradient).
 //!
+//! Products with a LoRA-rank-wide side ([`nt_narrow`], [`tn_narrow`]) skip the GEMM, which
+//! would pack (copy, or transpose) the whole large operand for an output a few columns wide.
+//!
 //! Threads come from the global rayon pool (the CLI's `-t`).
 
 // BLAS-style signatures: the dimensions are the arguments.
 #![allow(clippy::too_many_arguments)]
 
+use rayon::prelude::*;
+
 pub use crate::model::sgemm::sgemm;
+
+/// The widest rank that goes through [`nt_narrow`] and [`tn_narrow`] (the AVX-512 GEMM's
+/// register tile is 48 wide).
+pub const NARROW: usize = 32;
+/// Rows of `x` per parallel task of [`nt_narrow`].
+const NARROW_ROWS: usize = 64;
+/// Columns of `x` per parallel task of [`tn_narrow`].
+const NARROW_COLS: usize = 64;
 
 fn beta(acc: bool) -> f32 {
     if acc {
@@ -64,9 +77,126 @@ pub fn tn(
     sgemm(n, m, k, alpha, dy, (1, n), x, (k, 1), beta(acc), dw, (k, 1));
 }
 
+/// `y[m, r] = alpha * x[m, k] . a[r, k]^T` for a narrow `r`: `r` dot products per row of `x`,
+/// which is read once and never packed.
+pub fn nt_narrow(x: &[f32], a: &[f32], y: &mut [f32], m: usize, k: usize, r: usize, alpha: f32) {
+    let y = &mut y[..m * r];
+    if k == 0 || r == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let a = &a[..r * k];
+    y.par_chunks_mut(r * NARROW_ROWS)
+        .zip(x[..m * k].par_chunks(k * NARROW_ROWS))
+        .for_each(|(yc, xc)| dots_task(xc, a, yc, k, r, alpha));
+}
+
+crate::model::ops::dispatch!(dots_task(x: &[f32], a: &[f32], y: &mut [f32], k: usize, r: usize, alpha: f32) -> () {
+    for (yi, xi) in y.chunks_exact_mut(r).zip(x.chunks_exact(k)) {
+        for (yj, aj) in yi.iter_mut().zip(a.chunks_exact(k)) {
+            *yj = alpha * crate::model::ops::dot_inline(xi, aj);
+        }
+    }
+});
+
+/// `g += alpha * u[m, r]^T . x[m, k]` for a narrow `r`, `g` being `[r, k]`, or `[k, r]` when
+/// `g_transposed` (the layout of LoRA's `dB`). Each task sums a stripe of `NARROW_COLS`
+/// columns of `x` over all rows; `x` is read once and never packed.
+pub fn tn_narrow(
+    u: &[f32],
+    x: &[f32],
+    g: &mut [f32],
+    m: usize,
+    r: usize,
+    k: usize,
+    alpha: f32,
+    g_transposed: bool,
+) {
+    if r == 0 || k == 0 {
+        return;
+    }
+    let (u, x) = (&u[..m * r], &x[..m * k]);
+    let stripes: Vec<(usize, Vec<f32>)> = (0..k.div_ceil(NARROW_COLS))
+        .into_par_iter()
+        .map(|s| {
+            let c0 = s * NARROW_COLS;
+            let w = NARROW_COLS.min(k - c0);
+            let mut acc = vec![0f32; r * w];
+            outer_task(u, x, &mut acc, r, k, c0, w);
+            (c0, acc)
+        })
+        .collect();
+    let g = &mut g[..r * k];
+    for (c0, acc) in stripes {
+        let w = acc.len() / r;
+        for (j, row) in acc.chunks_exact(w).enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                let at = if g_transposed {
+                    (c0 + c) * r + j
+                } else {
+                    j * k + c0 + c
+                };
+                g[at] += alpha * v;
+            }
+        }
+    }
+}
+
+crate::model::ops::dispatch!(outer_task(u: &[f32], x: &[f32], acc: &mut [f32], r: usize, k: usize, c0: usize, w: usize) -> () {
+    // acc[j, c] += u[i, j] x[i, c0 + c] over every row i.
+    for (ui, xi) in u.chunks_exact(r).zip(x.chunks_exact(k)) {
+        let xi = &xi[c0..c0 + w];
+        for (accj, &s) in acc.chunks_exact_mut(w).zip(ui) {
+            for (a, &xv) in accj.iter_mut().zip(xi) {
+                *a = s.mul_add(xv, *a);
+            }
+        }
+    }
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn narrow_products_match_the_gemm() {
+        for (m, k, r) in [
+            (5, 7, 3),
+            (130, 70, 8),
+            (64, 129, 16),
+            (3, 1, 1),
+            (65, 200, 17),
+        ] {
+            let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let a: Vec<f32> = (0..r * k).map(|i| (i as f32 * 0.11).cos()).collect();
+            let u: Vec<f32> = (0..m * r).map(|i| (i as f32 * 0.23).sin()).collect();
+            let close = |got: &[f32], want: &[f32]| {
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(want) {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{g} vs {w} ({m}x{k}x{r})"
+                    );
+                }
+            };
+            let (mut y, mut want) = (vec![f32::NAN; m * r], vec![0.0; m * r]);
+            nt_narrow(&x, &a, &mut y, m, k, r, 0.5);
+            nt(&x, &a, &mut want, m, k, r, 0.5, false);
+            close(&y, &want);
+            // g[r, k] += u^T x, and the same into the transposed layout [k, r].
+            let (mut g, mut want) = (vec![1.0; r * k], vec![1.0; r * k]);
+            tn_narrow(&u, &x, &mut g, m, r, k, 2.0, false);
+            tn(&u, &x, &mut want, m, r, k, 2.0, true);
+            close(&g, &want);
+            let mut gt = vec![1.0; k * r];
+            tn_narrow(&u, &x, &mut gt, m, r, k, 2.0, true);
+            let back: Vec<f32> = (0..r * k).map(|i| gt[(i % k) * r + i / k]).collect();
+            close(&back, &want);
+        }
+        let mut y = vec![f32::NAN; 6];
+        nt_narrow(&[], &[], &mut y, 3, 0, 2, 1.0);
+        assert_eq!(y, vec![0.0; 6]);
+    }
 
     #[test]
     fn shapes_match_naive() {

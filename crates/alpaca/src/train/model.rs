@@ -255,7 +255,11 @@ impl TLinear {
         let r = l.a.rows;
         let xd = dropped(&x[..n * cols], p, seed);
         let mut u = vec![0f32; n * r];
-        gemm::nt(&xd, &l.a.w, &mut u, n, cols, r, 1.0, false); // [n, r]
+        if r <= gemm::NARROW {
+            gemm::nt_narrow(&xd, &l.a.w, &mut u, n, cols, r, 1.0); // [n, r]
+        } else {
+            gemm::nt(&xd, &l.a.w, &mut u, n, cols, r, 1.0, false);
+        }
         gemm::nt(&u, &l.b.w, y, n, r, rows, l.scale, true); // [n, out]
         u
     }
@@ -285,10 +289,22 @@ impl TLinear {
         };
         let r = l.a.rows;
         let xd = dropped(&x[..n * cols], p, seed);
-        gemm::tn(dy, u, &mut l.b.g, n, rows, r, l.scale, true); // dB[out, r] += s dy^T u
         let mut du = vec![0f32; n * r];
-        gemm::nn(dy, &l.b.w, &mut du, n, rows, r, l.scale, false); // du[n, r] = s dy B
-        gemm::tn(&du, &xd, &mut l.a.g, n, r, cols, 1.0, true); // dA[r, in] += du^T xd
+        if r <= gemm::NARROW {
+            gemm::tn_narrow(u, dy, &mut l.b.g, n, r, rows, l.scale, true); // dB[out, r] += s dy^T u
+            let mut bt = vec![0f32; r * rows]; // B^T [r, out]
+            for (o, brow) in l.b.w.chunks_exact(r).enumerate() {
+                for (j, &v) in brow.iter().enumerate() {
+                    bt[j * rows + o] = v;
+                }
+            }
+            gemm::nt_narrow(dy, &bt, &mut du, n, rows, r, l.scale); // du[n, r] = s dy B
+            gemm::tn_narrow(&du, &xd, &mut l.a.g, n, r, cols, 1.0, false); // dA[r, in] += du^T xd
+        } else {
+            gemm::tn(dy, u, &mut l.b.g, n, rows, r, l.scale, true);
+            gemm::nn(dy, &l.b.w, &mut du, n, rows, r, l.scale, false);
+            gemm::tn(&du, &xd, &mut l.a.g, n, r, cols, 1.0, true);
+        }
         if p > 0.0 {
             let mut dxd = vec![0f32; n * cols];
             gemm::nn(&du, &l.a.w, &mut dxd, n, r, cols, 1.0, false); // [n, in]
