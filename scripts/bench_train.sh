@@ -3,7 +3,10 @@
 # side by side in one run: micro-batch 4 x 256, loss on every position, N threads.
 # Setups: LoRA r8 on q,v; LoRA r16 on all linears; full fine-tuning.
 #
-# usage: scripts/bench_train.sh [MODEL.gguf] [STEPS=4] [THREADS=2]
+# usage: scripts/bench_train.sh [MODEL.gguf] [STEPS=4] [THREADS=2] [ROUNDS=1]
+# With ROUNDS > 1 every setup runs ROUNDS times, alpaca and PyTorch back to back each time, and
+# the table gives the median of each column and the ratio of every round (this machine is
+# shared: a ratio from adjacent runs is what to read, the median of several the number to quote).
 # needs: cargo, python3 with torch, transformers, peft, gguf; /usr/bin/time.
 # Results: a markdown table on stdout (paste into docs/BENCHMARKS.md).
 set -euo pipefail
@@ -11,6 +14,7 @@ cd "$(dirname "$0")/.."
 MODEL=${1:-${ALPACA_MODELS:-$HOME/.cache/alpaca/models}/SmolLM2-135M-Instruct.Q4_1.gguf}
 STEPS=${2:-4}
 THREADS=${3:-2}
+ROUNDS=${4:-1}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 cargo build --release -q
@@ -39,19 +43,27 @@ print(json.dumps({"impl": "alpaca", "setup": sys.argv[3], "tokens_per_s": round(
 PY
 }
 
-echo "| setup | alpaca tok/s | PyTorch tok/s | speed-up | alpaca peak GiB | PyTorch peak GiB |"
-echo "|---|---|---|---|---|---|"
+echo "| setup | alpaca tok/s | PyTorch tok/s | speed-up | alpaca peak GiB | PyTorch peak GiB | per-round speed-up |"
+echo "|---|---|---|---|---|---|---|"
 for setup in lora-qv lora-all full; do
   case $setup in
     lora-qv) flags=(--lora-r 8 --lora-alpha 16 --lora-targets q,v) ;;
     lora-all) flags=(--lora-r 16 --lora-alpha 32 --lora-targets all) ;;
     full) flags=(--full) ;;
   esac
-  a=$(rust_side "$setup" "${flags[@]}")
-  p=$(OMP_NUM_THREADS=$THREADS python3 scripts/bench_train.py "$MODEL" "$setup" "$STEPS" "$THREADS" 2>/dev/null | tail -1)
-  python3 - "$a" "$p" <<'PY'
-import json, sys
-a, p = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"| {a['setup']} | {a['tokens_per_s']} | {p['tokens_per_s']} | {a['tokens_per_s']/p['tokens_per_s']:.2f}x | {a['peak_rss_gib']} | {p['peak_rss_gib']} |")
+  : > "$WORK/$setup.rounds"
+  for _ in $(seq "$ROUNDS"); do
+    a=$(rust_side "$setup" "${flags[@]}")
+    p=$(OMP_NUM_THREADS=$THREADS python3 scripts/bench_train.py "$MODEL" "$setup" "$STEPS" "$THREADS" 2>/dev/null | tail -1)
+    printf '[%s, %s]\n' "$a" "$p" >> "$WORK/$setup.rounds"
+  done
+  python3 - "$WORK/$setup.rounds" <<'PY'
+import json, statistics, sys
+rounds = [json.loads(l) for l in open(sys.argv[1])]
+med = lambda side, key: statistics.median(r[side][key] for r in rounds)
+ratios = [r[0]["tokens_per_s"] / r[1]["tokens_per_s"] for r in rounds]
+print(f"| {rounds[0][0]['setup']} | {med(0, 'tokens_per_s'):.1f} | {med(1, 'tokens_per_s'):.1f} | "
+      f"{statistics.median(ratios):.2f}x | {med(0, 'peak_rss_gib'):.2f} | {med(1, 'peak_rss_gib'):.2f} | "
+      + ", ".join(f"{x:.2f}" for x in ratios) + " |")
 PY
 done
