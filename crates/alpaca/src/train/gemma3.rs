@@ -21,7 +21,7 @@
 use super::batch::Batch;
 use super::layers::{
     add_into, attention_backward, attention_forward, embed, embed_backward, head_loss, positions,
-    rms_backward, rms_forward, Glu, Rope,
+    rms_backward, rms_forward, zeros, Glu, Rope,
 };
 use super::model::{
     lora_seed, push_block_params, Builder, LossOut, Method, Norm, Param, TLinear, Weight, DOWN,
@@ -219,28 +219,28 @@ impl TGemma3 {
             let lin = &blk.lin;
             let (h1, rstd1) = rms_forward(&x, blk.attn_norm.w(), eps, d);
             let mut u: [Vec<f32>; 7] = Default::default();
-            let mut q = vec![0f32; n * qd];
-            let mut k = vec![0f32; n * kvd];
-            let mut v = vec![0f32; n * kvd];
+            let mut q = zeros(n * qd);
+            let mut k = zeros(n * kvd);
+            let mut v = zeros(n * kvd);
             u[Q] = lin[Q].forward(&h1, n, &mut q, p_drop, ls(l, Q));
             u[K] = lin[K].forward(&h1, n, &mut k, p_drop, ls(l, K));
             u[V] = lin[V].forward(&h1, n, &mut v, p_drop, ls(l, V));
             let (qr, rq) = qk(&q, &blk.q_norm, qd, l);
             let (kr, rk) = qk(&k, &blk.k_norm, kvd, l);
             let (probs, att) = attention_forward(&qr, &kr, &v, &b.seqs, self.attn_shape(l), n);
-            let mut o = vec![0f32; n * d];
+            let mut o = zeros(n * d);
             u[O] = lin[O].forward(&att, n, &mut o, p_drop, ls(l, O));
             let (po, ro) = rms_forward(&o, blk.post_attn_norm.w(), eps, d);
             let mut x2 = x.clone();
             add_into(&mut x2, &po);
 
             let (h2, rstd2) = rms_forward(&x2, blk.ffn_norm.w(), eps, d);
-            let mut g = vec![0f32; n * f];
-            let mut up = vec![0f32; n * f];
+            let mut g = zeros(n * f);
+            let mut up = zeros(n * f);
             u[GATE] = lin[GATE].forward(&h2, n, &mut g, p_drop, ls(l, GATE));
             u[UP] = lin[UP].forward(&h2, n, &mut up, p_drop, ls(l, UP));
             let act = Glu::Ge.forward(&g, &up);
-            let mut dn = vec![0f32; n * d];
+            let mut dn = zeros(n * d);
             u[DOWN] = lin[DOWN].forward(&act, n, &mut dn, p_drop, ls(l, DOWN));
             let (pf, rdn) = rms_forward(&dn, blk.post_ffn_norm.w(), eps, d);
             let mut x3 = x2.clone();
@@ -281,7 +281,7 @@ impl TGemma3 {
 
         // ---------------------------------------------------------------- backward
         // dx: [n, d] gradient of the residual stream.
-        let mut dx = vec![0f32; n * d];
+        let mut dx = zeros(n * d);
         rms_backward(&x, &mut self.out_norm, &rstdf, &dhf, d, &mut dx);
         for (l, a) in acts.iter().enumerate().rev() {
             let attn = self.attn_shape(l);
@@ -296,9 +296,9 @@ impl TGemma3 {
             let (lin, u) = (&mut blk.lin, &a.u);
 
             // --- feed-forward: x3 = x2 + post_ffn_norm(dn); dx passes to x2 unchanged.
-            let mut ddn = vec![0f32; n * d];
+            let mut ddn = zeros(n * d);
             rms_backward(&a.dn, &mut blk.post_ffn_norm, &a.rdn, &dx, d, &mut ddn);
-            let mut dact = vec![0f32; n * f];
+            let mut dact = zeros(n * f);
             lin[DOWN].backward(
                 &act,
                 n,
@@ -310,22 +310,22 @@ impl TGemma3 {
                 ls(l, DOWN),
             );
             let (dg, dup) = Glu::Ge.backward(&a.g, &a.up, &dact);
-            let mut dh = vec![0f32; n * d];
+            let mut dh = zeros(n * d);
             lin[GATE].backward(&h2, n, &dg, &u[GATE], &mut dh, false, p_drop, ls(l, GATE));
             lin[UP].backward(&h2, n, &dup, &u[UP], &mut dh, true, p_drop, ls(l, UP));
             rms_backward(&a.x2, &mut blk.ffn_norm, &a.rstd2, &dh, d, &mut dx);
 
             // --- attention: x2 = x + post_attn_norm(o).
-            let mut dout = vec![0f32; n * d];
+            let mut dout = zeros(n * d);
             rms_backward(&a.o, &mut blk.post_attn_norm, &a.ro, &dx, d, &mut dout);
-            let mut datt = vec![0f32; n * qd];
+            let mut datt = zeros(n * qd);
             lin[O].backward(&a.att, n, &dout, &u[O], &mut datt, false, p_drop, ls(l, O));
             let (mut dqr, mut dkr, dv) =
                 attention_backward(&qr, &kr, &a.v, &a.probs, &datt, &b.seqs, attn, n);
             rope(l).apply(&mut dqr, qd, hd, &pos, true);
             rope(l).apply(&mut dkr, kvd, hd, &pos, true);
-            let mut dq = vec![0f32; n * qd];
-            let mut dk = vec![0f32; n * kvd];
+            let mut dq = zeros(n * qd);
+            let mut dk = zeros(n * kvd);
             rms_backward(&a.q, &mut blk.q_norm, &a.rq, &dqr, hd, &mut dq);
             rms_backward(&a.k, &mut blk.k_norm, &a.rk, &dkr, hd, &mut dk);
             lin[Q].backward(&h1, n, &dq, &u[Q], &mut dh, false, p_drop, ls(l, Q));

@@ -22,10 +22,21 @@ use crate::model::ops::{
 // Embedding
 // ------------------------------------------------------------------------------------------
 
+/// `n` zeros, written in parallel when large: a big `vec![0.0; n]` is a serial memset on the
+/// calling thread while the pool waits (activations and gradients are megabytes per layer).
+pub fn zeros(n: usize) -> Vec<f32> {
+    if n < 1 << 16 {
+        return vec![0.0; n];
+    }
+    let mut v = Vec::with_capacity(n);
+    v.par_extend(rayon::iter::repeat_n(0f32, n));
+    v
+}
+
 /// Rows of `embd` for `tokens`, times `scale` (Gemma: `sqrt(d)`; LLaMA: 1): `[n, d]`.
 pub fn embed(embd: &Weight, tokens: &[u32], vocab: usize, scale: f32) -> Result<Vec<f32>> {
     let d = embd.cols();
-    let mut x = vec![0f32; tokens.len() * d];
+    let mut x = zeros(tokens.len() * d);
     for (row, &tok) in x.chunks_exact_mut(d).zip(tokens) {
         if tok as usize >= vocab {
             return Err(Error::InvalidArgument(format!(
@@ -69,7 +80,7 @@ pub fn add_into(x: &mut [f32], y: &[f32]) {
 /// RMSNorm of each `d`-wide row (a token, or one head of a token for QK-norm): returns the
 /// output and `rstd = 1/sqrt(mean(x^2)+eps)` per row.
 pub fn rms_forward(x: &[f32], w: &[f32], eps: f32, d: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut out = vec![0f32; x.len()];
+    let mut out = zeros(x.len());
     out.par_chunks_mut(d)
         .zip(x.par_chunks(d))
         .for_each(|(o, xr)| rms_norm(xr, w, eps, o));
@@ -291,7 +302,7 @@ pub fn attention_forward(
             (p, o)
         })
         .collect();
-    let mut out = vec![0f32; n * qd];
+    let mut out = zeros(n * qd);
     let mut probs = Vec::with_capacity(res.len());
     for (&(s, h), (p, o)) in tasks.iter().zip(res) {
         let start = seqs[s].0;
@@ -424,9 +435,9 @@ pub fn attention_backward(
             (dqs, dkh, dvh)
         })
         .collect();
-    let mut dq = vec![0f32; n * qd];
-    let mut dk = vec![0f32; n * kvd];
-    let mut dv = vec![0f32; n * kvd];
+    let mut dq = zeros(n * qd);
+    let mut dk = zeros(n * kvd);
+    let mut dv = zeros(n * kvd);
     for (&(s, g), (dqs, dkh, dvh)) in tasks.iter().zip(res) {
         let start = seqs[s].0;
         for i in 0..seqs[s].1 {
@@ -485,7 +496,7 @@ impl Glu {
     /// `act(g) * up`.
     pub fn forward(self, g: &[f32], up: &[f32]) -> Vec<f32> {
         if self == Glu::Swi {
-            let mut out = vec![0f32; g.len()];
+            let mut out = zeros(g.len());
             out.par_chunks_mut(GLU_TASK)
                 .zip(g.par_chunks(GLU_TASK).zip(up.par_chunks(GLU_TASK)))
                 .for_each(|(o, (g, u))| swiglu_into(g, u, o));
@@ -496,8 +507,8 @@ impl Glu {
 
     /// `(dg, dup)` from `dact`.
     pub fn backward(self, g: &[f32], up: &[f32], dact: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let mut dg = vec![0f32; g.len()];
-        let mut dup = vec![0f32; g.len()];
+        let mut dg = zeros(g.len());
+        let mut dup = zeros(g.len());
         if self == Glu::Swi {
             dg.par_chunks_mut(GLU_TASK)
                 .zip(dup.par_chunks_mut(GLU_TASK))
@@ -572,11 +583,7 @@ pub fn head_loss(
 ) -> (f64, Vec<f32>) {
     let (vocab, d) = (head.rows(), head.cols());
     let n = hf.len() / d;
-    let mut dhf = if backward {
-        vec![0f32; n * d]
-    } else {
-        Vec::new()
-    };
+    let mut dhf = if backward { zeros(n * d) } else { Vec::new() };
     // A frozen (possibly quantized) head is dequantized a slice of the vocabulary at a
     // time, so it never exists whole in f32; a trainable head is used in place.
     let mut grad = match head {
@@ -597,7 +604,7 @@ pub fn head_loss(
     let mut logits = vec![0f32; targets.len().min(CHUNK) * vocab];
     for tc in targets.chunks(CHUNK) {
         let m = tc.len();
-        let mut ht = vec![0f32; m * d]; // [m, d]
+        let mut ht = zeros(m * d); // [m, d]
         for (row, &(i, _)) in ht.chunks_exact_mut(d).zip(tc) {
             row.copy_from_slice(&hf[i * d..(i + 1) * d]);
         }
@@ -628,7 +635,7 @@ pub fn head_loss(
         if !backward {
             continue;
         }
-        let mut dht = vec![0f32; m * d]; // [m, d] = dlogits . E
+        let mut dht = zeros(m * d); // [m, d] = dlogits . E
         for &(v0, v1) in &vchunks {
             let vc = v1 - v0;
             w.with_rows_f32(v0, v1, |e| {

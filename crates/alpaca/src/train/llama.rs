@@ -9,7 +9,7 @@
 use super::batch::Batch;
 use super::layers::{
     add_into, attention_backward, attention_forward, embed, embed_backward, head_loss, positions,
-    rms_backward, rms_forward, Glu, Rope,
+    rms_backward, rms_forward, zeros, Glu, Rope,
 };
 use super::model::{
     lora_seed, push_block_params, Builder, LossOut, Method, Norm, Param, TLinear, Weight, DOWN,
@@ -123,23 +123,23 @@ impl TLlama {
             let lin = &blk.lin;
             let (h1, rstd1) = rms_forward(&x, blk.attn_norm.w(), eps, d);
             let mut u: [Vec<f32>; 7] = Default::default();
-            let mut q = vec![0f32; n * qd];
-            let mut k = vec![0f32; n * kvd];
-            let mut v = vec![0f32; n * kvd];
+            let mut q = zeros(n * qd);
+            let mut k = zeros(n * kvd);
+            let mut v = zeros(n * kvd);
             u[Q] = lin[Q].forward(&h1, n, &mut q, p_drop, ls(l, Q));
             u[K] = lin[K].forward(&h1, n, &mut k, p_drop, ls(l, K));
             u[V] = lin[V].forward(&h1, n, &mut v, p_drop, ls(l, V));
             rope.apply(&mut q, qd, hd, &pos, false);
             rope.apply(&mut k, kvd, hd, &pos, false);
             let (probs, att) = attention_forward(&q, &k, &v, &b.seqs, attn, n);
-            let mut proj = vec![0f32; n * d];
+            let mut proj = zeros(n * d);
             u[O] = lin[O].forward(&att, n, &mut proj, p_drop, ls(l, O));
             let mut x2 = x.clone();
             add_into(&mut x2, &proj);
 
             let (h2, rstd2) = rms_forward(&x2, blk.ffn_norm.w(), eps, d);
-            let mut g = vec![0f32; n * f];
-            let mut up = vec![0f32; n * f];
+            let mut g = zeros(n * f);
+            let mut up = zeros(n * f);
             u[GATE] = lin[GATE].forward(&h2, n, &mut g, p_drop, ls(l, GATE));
             u[UP] = lin[UP].forward(&h2, n, &mut up, p_drop, ls(l, UP));
             let act = Glu::Swi.forward(&g, &up);
@@ -175,7 +175,7 @@ impl TLlama {
 
         // ---------------------------------------------------------------- backward
         // dx: [n, d] gradient of the residual stream.
-        let mut dx = vec![0f32; n * d];
+        let mut dx = zeros(n * d);
         rms_backward(&x, &mut self.out_norm, &rstdf, &dhf, d, &mut dx);
         for (l, a) in acts.iter().enumerate().rev() {
             let blk = &mut self.blocks[l];
@@ -184,7 +184,7 @@ impl TLlama {
             let (h1, _) = rms_forward(&a.x, blk.attn_norm.w(), eps, d);
             let (h2, _) = rms_forward(&a.x2, blk.ffn_norm.w(), eps, d);
             let act = Glu::Swi.forward(&a.g, &a.up);
-            let mut dact = vec![0f32; n * f];
+            let mut dact = zeros(n * f);
             let lin = &mut blk.lin;
             let u = &a.u;
             lin[DOWN].backward(
@@ -198,13 +198,13 @@ impl TLlama {
                 ls(l, DOWN),
             );
             let (dg, dup) = Glu::Swi.backward(&a.g, &a.up, &dact);
-            let mut dh = vec![0f32; n * d];
+            let mut dh = zeros(n * d);
             lin[GATE].backward(&h2, n, &dg, &u[GATE], &mut dh, false, p_drop, ls(l, GATE));
             lin[UP].backward(&h2, n, &dup, &u[UP], &mut dh, true, p_drop, ls(l, UP));
             rms_backward(&a.x2, &mut blk.ffn_norm, &a.rstd2, &dh, d, &mut dx);
 
             // --- attention
-            let mut datt = vec![0f32; n * qd];
+            let mut datt = zeros(n * qd);
             lin[O].backward(&a.att, n, &dx, &u[O], &mut datt, false, p_drop, ls(l, O));
             let (mut dq, mut dk, dv) =
                 attention_backward(&a.q, &a.k, &a.v, &a.probs, &datt, &b.seqs, attn, n);

@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use super::batch::Batch;
 use super::gemm;
 use super::gemma3::TGemma3;
+use super::layers::zeros;
 use super::llama::TLlama;
 use crate::error::{Error, Result};
 use crate::model::gemma3::Gemma3;
@@ -214,7 +215,7 @@ crate::model::ops::dispatch!(dropout_task(x: &[f32], out: &mut [f32], seed: u64,
 /// `x` after dropout with probability `p` (borrowed as is when `p` is 0).
 fn dropped(x: &[f32], p: f32, seed: u64) -> Cow<'_, [f32]> {
     if p > 0.0 {
-        let mut xd = vec![0f32; x.len()];
+        let mut xd = zeros(x.len());
         dropout_into(x, &mut xd, p, seed, false);
         Cow::Owned(xd)
     } else {
@@ -306,7 +307,7 @@ impl TLinear {
             gemm::tn(&du, &xd, &mut l.a.g, n, r, cols, 1.0, true);
         }
         if p > 0.0 {
-            let mut dxd = vec![0f32; n * cols];
+            let mut dxd = zeros(n * cols);
             gemm::nn(&du, &l.a.w, &mut dxd, n, r, cols, 1.0, false); // [n, in]
             dropout_into(&dxd, dx, p, seed, true);
         } else {
