@@ -601,7 +601,7 @@ pub fn head_loss(
         .collect();
     let mut loss = 0f64;
     // One logits buffer for every chunk of targets; never read before written (beta = 0).
-    let mut logits = vec![0f32; targets.len().min(CHUNK) * vocab];
+    let mut logits = zeros(targets.len().min(CHUNK) * vocab);
     for tc in targets.chunks(CHUNK) {
         let m = tc.len();
         let mut ht = zeros(m * d); // [m, d]

@@ -152,6 +152,8 @@ fn sum_sq(g: &[f32]) -> f64 {
     parts.iter().sum()
 }
 
+/// Scale gradients so that their global norm is at most `max_norm` (torch's
+/// `clip_grad_norm_`); returns the norm before clipping.
 pub fn clip_grad_norm(params: &mut [&mut Param], max_norm: f32) -> f64 {
     let norm = grad_norm(params);
     if max_norm > 0.0 && norm > max_norm as f64 {
