@@ -79,8 +79,8 @@ fn check(
 fn every_level_matches_naive_on_odd_shapes() {
     let dims = [1, 2, 3, 5, 7, 13, 16, 17, 31, 33, 47, 64, 70];
     let mut rng = Lcg(7);
-    for level in levels() {
-        let p = plan(level);
+    let plans = levels().into_iter().flat_map(|l| [plan(l), plan_wide32(l)]);
+    for p in plans {
         let mut case = 0usize;
         for &m in &dims {
             for &n in &dims {

@@ -17,7 +17,12 @@
 
 use rayon::prelude::*;
 
-pub use crate::model::sgemm::sgemm;
+pub use crate::model::sgemm::{sgemm, sgemm_with};
+
+/// The GEMM plan of attention's products (outputs a multiple of 32 wide).
+pub fn attention_plan() -> crate::model::sgemm::Plan {
+    crate::model::sgemm::plan_wide32(crate::model::ops::simd_level())
+}
 
 /// The widest rank that goes through [`nt_narrow`] and [`tn_narrow`] (the AVX-512 GEMM's
 /// register tile is 48 wide).

@@ -567,10 +567,13 @@ impl TrainModel {
         if b.tokens.is_empty() {
             return Ok(LossOut::default());
         }
-        match self {
+        // On a worker of the pool (`rayon::scope` runs it there when called from outside):
+        // the graph's many parallel operations then start and end on a worker instead of
+        // waking the pool and parking the caller each time (1.02x per LoRA step).
+        rayon::scope(|_| match self {
             TrainModel::Llama(m) => m.forward_backward(b, loss_scale, seed, backward),
             TrainModel::Gemma3(m) => m.forward_backward(b, loss_scale, seed, backward),
-        }
+        })
     }
 }
 
