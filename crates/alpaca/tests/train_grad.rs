@@ -108,12 +108,16 @@ fn full_gradients_match_finite_differences() {
 }
 
 fn lora_model(ty: GgmlType, name: &str) -> TrainModel {
+    lora_model_on(ty, name, [true; 7])
+}
+
+fn lora_model_on(ty: GgmlType, name: &str, targets: [bool; 7]) -> TrainModel {
     let llama = tiny_llama(ty, name);
     let method = Method::Lora {
         r: 4,
         alpha: 8.0,
         dropout: 0.1,
-        targets: [true; 7],
+        targets,
     };
     let mut m = TrainModel::from_llama(&llama, &method, 1).expect("model");
     // B starts at zero (so A's gradient would be zero): give it values.
@@ -131,6 +135,17 @@ fn lora_model(ty: GgmlType, name: &str) -> TrainModel {
 fn lora_gradients_match_finite_differences_with_dropout() {
     let m = lora_model(GgmlType::F32, "lora.gguf");
     assert_eq!(check_all(m, Some(99), 2e-2, LLAMA_STEP), 2 * 7 * 2);
+}
+
+/// The default targets (q, v): the backward skips recomputing the inputs of the frozen
+/// feed-forward and k (nothing reads them), and q, v's adapters still get exact gradients.
+#[test]
+fn lora_on_q_v_only_gradients_match_finite_differences() {
+    let mut targets = [false; 7];
+    targets[0] = true; // q
+    targets[2] = true; // v
+    let m = lora_model_on(GgmlType::Q8_0, "lora_qv.gguf", targets);
+    assert_eq!(check_all(m, Some(3), 2e-2, LLAMA_STEP), 2 * 2 * 2);
 }
 
 #[test]

@@ -12,8 +12,8 @@ use super::layers::{
     rms_backward, rms_forward, zeros, Glu, Rope,
 };
 use super::model::{
-    lora_seed, push_block_params, Builder, LossOut, Method, Norm, Param, TLinear, Weight, DOWN,
-    GATE, K, O, Q, UP, V,
+    input_for, lora_seed, push_block_params, Builder, LossOut, Method, Norm, Param, TLinear,
+    Weight, DOWN, GATE, K, O, Q, UP, V,
 };
 use crate::error::Result;
 use crate::model::llama::{Llama, LlamaConfig};
@@ -180,10 +180,16 @@ impl TLlama {
         for (l, a) in acts.iter().enumerate().rev() {
             let blk = &mut self.blocks[l];
             // --- feed-forward
-            // Recomputed rather than saved: the norm outputs and silu(g) * up.
-            let (h1, _) = rms_forward(&a.x, blk.attn_norm.w(), eps, d);
-            let (h2, _) = rms_forward(&a.x2, blk.ffn_norm.w(), eps, d);
-            let act = Glu::Swi.forward(&a.g, &a.up);
+            // Recomputed rather than saved, and only for layers that read them: the norm
+            // outputs and silu(g) * up.
+            let l3 = |i: usize, j: usize, k: usize| [&blk.lin[i], &blk.lin[j], &blk.lin[k]];
+            let h1 = input_for(&l3(Q, K, V), || {
+                rms_forward(&a.x, blk.attn_norm.w(), eps, d).0
+            });
+            let h2 = input_for(&l3(GATE, UP, UP), || {
+                rms_forward(&a.x2, blk.ffn_norm.w(), eps, d).0
+            });
+            let act = input_for(&[&blk.lin[DOWN]], || Glu::Swi.forward(&a.g, &a.up));
             let mut dact = zeros(n * f);
             let lin = &mut blk.lin;
             let u = &a.u;

@@ -265,7 +265,14 @@ impl TLinear {
         u
     }
 
+    /// Whether [`Self::backward`] reads the layer's input `x`: for a trainable weight's
+    /// gradient or the adapter's (a frozen layer without LoRA needs only `dy`).
+    pub(super) fn needs_input(&self) -> bool {
+        matches!(self.w, Weight::Train(_)) || self.lora.is_some()
+    }
+
     /// Accumulate weight gradients and write (`acc` false) or add `dx[n, in] = dy W (+ LoRA)`.
+    /// `x` may be empty when [`Self::needs_input`] is false.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward(
         &mut self,
@@ -314,6 +321,17 @@ impl TLinear {
             // dx already holds `dy W` (written or added above): add the adapter's part.
             gemm::nn(&du, &l.a.w, dx, n, r, cols, 1.0, true);
         }
+    }
+}
+
+/// `f()` when one of `lins` reads its input in the backward, else an empty vector: the
+/// backward recomputes a norm or gate output only for a layer that uses it (under LoRA on
+/// q,v the feed-forward's inputs are never needed).
+pub(super) fn input_for(lins: &[&TLinear], f: impl FnOnce() -> Vec<f32>) -> Vec<f32> {
+    if lins.iter().any(|l| l.needs_input()) {
+        f()
+    } else {
+        Vec::new()
     }
 }
 
