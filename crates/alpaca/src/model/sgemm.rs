@@ -76,7 +76,7 @@ pub fn plan(level: SimdLevel) -> Plan {
 
 /// The plan for products whose output width is a multiple of 32 (attention: the head dim 64
 /// and the causal key blocks): the AVX-512 `8 x 32` tile, where the `8 x 48` one covers 64
-/// columns with a two-thirds-empty edge panel (attention forward 1.13x, backward 1.34x at
+/// columns with a two-thirds-empty edge panel (attention forward 1.15x, backward 1.34x at
 /// SmolLM2's shape, `attention_timing`). Other levels keep their tile (16 divides 32).
 pub fn plan_wide32(level: SimdLevel) -> Plan {
     let p = plan(level);
