@@ -144,6 +144,21 @@ pub struct AttnShape {
     pub softcap: Option<f32>,
 }
 
+#[cfg(test)]
+impl AttnShape {
+    /// SmolLM2-135M's attention (9 heads over 3 kv heads of 64, global), for timing tests.
+    pub(crate) fn smollm2() -> AttnShape {
+        AttnShape {
+            n_heads: 9,
+            n_kv_heads: 3,
+            head_dim: 64,
+            scale: 0.125,
+            window: None,
+            softcap: None,
+        }
+    }
+}
+
 /// Causal attention for `t` new queries whose first position is `pos0`, against keys and
 /// values for positions `0..pos0 + t` (`keys`/`values`: `[position][n_kv_heads * head_dim]`).
 /// `q`: `t x n_heads * head_dim`; `out`: same shape. Batches of at least [`MIN_TOKENS`]
@@ -470,14 +485,7 @@ mod tests {
     #[ignore]
     fn batched_attention_timing() {
         use rayon::prelude::*;
-        let shape = AttnShape {
-            n_heads: 9,
-            n_kv_heads: 3,
-            head_dim: 64,
-            scale: 0.125,
-            window: None,
-            softcap: None,
-        };
+        let shape = AttnShape::smollm2();
         let (b, layers, kvd, qd, ctx) = (8usize, 30usize, 192usize, 576usize, 128usize);
         let mut seed = 1u32;
         let mut rnd = || {

@@ -818,18 +818,12 @@ mod timing {
 
     /// Median time of attention forward and backward at SmolLM2-135M's shape (9 heads, 3 kv
     /// heads, head dim 64) over 4 x 256 packed tokens, 2 threads:
-    /// `cargo test --release -p alpaca --lib attention_timing -- --ignored --nocapture`
+    /// `cargo test --release -p alpaca --lib train::layers::timing::attention_timing -- --exact
+    /// --ignored --nocapture`
     #[test]
     #[ignore]
     fn attention_timing() {
-        let a = AttnShape {
-            n_heads: 9,
-            n_kv_heads: 3,
-            head_dim: 64,
-            scale: 0.125,
-            window: None,
-            softcap: None,
-        };
+        let a = AttnShape::smollm2();
         let seqs: Vec<(usize, usize)> = (0..4).map(|s| (s * 256, 256)).collect();
         let n = 1024;
         let f =
