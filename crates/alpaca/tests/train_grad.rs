@@ -137,8 +137,8 @@ fn lora_gradients_match_finite_differences_with_dropout() {
     assert_eq!(check_all(m, Some(99), 2e-2, LLAMA_STEP), 2 * 7 * 2);
 }
 
-/// The default targets (q, v): the backward skips recomputing the inputs of the frozen
-/// feed-forward and k (nothing reads them), and q, v's adapters still get exact gradients.
+/// The default targets (q, v): the backward skips recomputing the frozen feed-forward's
+/// inputs (nothing reads them), and q, v's adapters still get exact gradients.
 #[test]
 fn lora_on_q_v_only_gradients_match_finite_differences() {
     let mut targets = [false; 7];

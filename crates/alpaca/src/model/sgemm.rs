@@ -4,10 +4,11 @@
 //! B is packed into `kc x NR` micro-panels (L3 resident); for each `mc`-tall block of rows,
 //! A is packed into `MR x kc` micro-panels (L2 resident); a register-blocked micro-kernel
 //! then walks the B micro-panels (L1 resident) against every A micro-panel. Edge tiles go
-//! through a stack tile. Micro-kernels: AVX-512 (`8 x 48`), AVX2+FMA (`6 x 16`) and a
-//! portable one, chosen at run time ([`simd_level`]). Parallel with rayon over blocks of the
-//! output; serial (no rayon) when the pool has one thread. Packing buffers are thread-local
-//! and reused, so steady-state calls do not allocate.
+//! through a stack tile. Micro-kernels: AVX-512 (`8 x 48`; `8 x 32` for attention's 64-wide
+//! outputs, [`plan_wide32`]), AVX2+FMA (`6 x 16`) and a portable one, chosen at run time
+//! ([`simd_level`]). Parallel with rayon over blocks of the output; serial (no rayon) when the
+//! pool has one thread. Packing buffers are thread-local and reused, so steady-state calls do
+//! not allocate.
 
 // BLAS-style signatures: the dimensions are the arguments.
 #![allow(clippy::too_many_arguments)]

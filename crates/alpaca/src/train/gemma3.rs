@@ -288,16 +288,15 @@ impl TGemma3 {
             let blk = &mut self.blocks[l];
             // Recomputed rather than saved: q/k after QK-norm and RoPE, and (only for layers
             // that read them) the norm outputs and gelu(g) * up.
-            let l3 = |i: usize, j: usize, k: usize| [&blk.lin[i], &blk.lin[j], &blk.lin[k]];
-            let h1 = input_for(&l3(Q, K, V), || {
+            let h1 = input_for(&blk.lin, &[Q, K, V], || {
                 rms_forward(&a.x, blk.attn_norm.w(), eps, d).0
             });
-            let h2 = input_for(&l3(GATE, UP, UP), || {
+            let h2 = input_for(&blk.lin, &[GATE, UP], || {
                 rms_forward(&a.x2, blk.ffn_norm.w(), eps, d).0
             });
             let (qr, _) = qk(&a.q, &blk.q_norm, qd, l);
             let (kr, _) = qk(&a.k, &blk.k_norm, kvd, l);
-            let act = input_for(&[&blk.lin[DOWN]], || Glu::Ge.forward(&a.g, &a.up));
+            let act = input_for(&blk.lin, &[DOWN], || Glu::Ge.forward(&a.g, &a.up));
             let (lin, u) = (&mut blk.lin, &a.u);
 
             // --- feed-forward: x3 = x2 + post_ffn_norm(dn); dx passes to x2 unchanged.

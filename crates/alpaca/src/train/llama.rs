@@ -182,14 +182,13 @@ impl TLlama {
             // --- feed-forward
             // Recomputed rather than saved, and only for layers that read them: the norm
             // outputs and silu(g) * up.
-            let l3 = |i: usize, j: usize, k: usize| [&blk.lin[i], &blk.lin[j], &blk.lin[k]];
-            let h1 = input_for(&l3(Q, K, V), || {
+            let h1 = input_for(&blk.lin, &[Q, K, V], || {
                 rms_forward(&a.x, blk.attn_norm.w(), eps, d).0
             });
-            let h2 = input_for(&l3(GATE, UP, UP), || {
+            let h2 = input_for(&blk.lin, &[GATE, UP], || {
                 rms_forward(&a.x2, blk.ffn_norm.w(), eps, d).0
             });
-            let act = input_for(&[&blk.lin[DOWN]], || Glu::Swi.forward(&a.g, &a.up));
+            let act = input_for(&blk.lin, &[DOWN], || Glu::Swi.forward(&a.g, &a.up));
             let mut dact = zeros(n * f);
             let lin = &mut blk.lin;
             let u = &a.u;

@@ -324,11 +324,15 @@ impl TLinear {
     }
 }
 
-/// `f()` when one of `lins` reads its input in the backward, else an empty vector: the
-/// backward recomputes a norm or gate output only for a layer that uses it (under LoRA on
-/// q,v the feed-forward's inputs are never needed).
-pub(super) fn input_for(lins: &[&TLinear], f: impl FnOnce() -> Vec<f32>) -> Vec<f32> {
-    if lins.iter().any(|l| l.needs_input()) {
+/// `f()` when one of the block's linears `which` reads its input in the backward, else an
+/// empty vector: the backward recomputes a norm or gate output only for a layer that uses it
+/// (under LoRA on q,v the feed-forward's inputs are never needed).
+pub(super) fn input_for(
+    lin: &[TLinear; 7],
+    which: &[usize],
+    f: impl FnOnce() -> Vec<f32>,
+) -> Vec<f32> {
+    if which.iter().any(|&j| lin[j].needs_input()) {
         f()
     } else {
         Vec::new()
