@@ -33,6 +33,59 @@ pub fn zeros(n: usize) -> Vec<f32> {
     v
 }
 
+/// Recycled buffers of [`scratch`]: at most this many are kept.
+const SCRATCH_KEEP: usize = 1024;
+static SCRATCH: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
+
+/// `n` values for a buffer whose every element is written before it is read (a GEMM output
+/// with `beta = 0`, an element-wise result): a buffer handed back by [`recycle`], holding
+/// stale values, or [`zeros`] when none fits. A step's activations and temporaries have the
+/// same sizes from layer to layer and step to step, so once warm nothing is zero-filled (the
+/// zero fill of every fresh buffer was 2% of a LoRA step). Never use it for a buffer that is
+/// accumulated into.
+pub fn scratch(n: usize) -> Vec<f32> {
+    if n > 0 {
+        let found = SCRATCH.lock().ok().and_then(|mut pool| {
+            // The smallest that fits, and not more than twice too big (memory).
+            let (i, _) = pool
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| (n..=2 * n).contains(&v.capacity()))
+                .min_by_key(|(_, v)| v.capacity())?;
+            Some(pool.swap_remove(i))
+        });
+        if let Some(mut v) = found {
+            if v.len() >= n {
+                v.truncate(n);
+            } else {
+                v.resize(n, 0.0);
+            }
+            return v;
+        }
+    }
+    zeros(n)
+}
+
+/// Hand buffers that are no longer needed back to [`scratch`].
+pub fn recycle<const N: usize>(bufs: [Vec<f32>; N]) {
+    if let Ok(mut pool) = SCRATCH.lock() {
+        for v in bufs {
+            if v.capacity() > 0 && pool.len() < SCRATCH_KEEP {
+                pool.push(v);
+            }
+        }
+    }
+}
+
+/// A copy of `x` in a [`scratch`] buffer.
+pub fn copy_of(x: &[f32]) -> Vec<f32> {
+    let mut v = scratch(x.len());
+    v.par_chunks_mut(1 << 16)
+        .zip(x.par_chunks(1 << 16))
+        .for_each(|(o, x)| o.copy_from_slice(x));
+    v
+}
+
 /// Rows of `embd` for `tokens`, times `scale` (Gemma: `sqrt(d)`; LLaMA: 1): `[n, d]`.
 pub fn embed(embd: &Weight, tokens: &[u32], vocab: usize, scale: f32) -> Result<Vec<f32>> {
     let d = embd.cols();
@@ -80,7 +133,7 @@ pub fn add_into(x: &mut [f32], y: &[f32]) {
 /// RMSNorm of each `d`-wide row (a token, or one head of a token for QK-norm): returns the
 /// output and `rstd = 1/sqrt(mean(x^2)+eps)` per row.
 pub fn rms_forward(x: &[f32], w: &[f32], eps: f32, d: usize) -> (Vec<f32>, Vec<f32>) {
-    let mut out = zeros(x.len());
+    let mut out = scratch(x.len());
     out.par_chunks_mut(d)
         .zip(x.par_chunks(d))
         .for_each(|(o, xr)| rms_norm(xr, w, eps, o));
@@ -506,7 +559,7 @@ impl Glu {
     /// `act(g) * up`.
     pub fn forward(self, g: &[f32], up: &[f32]) -> Vec<f32> {
         if self == Glu::Swi {
-            let mut out = zeros(g.len());
+            let mut out = scratch(g.len());
             out.par_chunks_mut(GLU_TASK)
                 .zip(g.par_chunks(GLU_TASK).zip(up.par_chunks(GLU_TASK)))
                 .for_each(|(o, (g, u))| swiglu_into(g, u, o));
@@ -517,8 +570,8 @@ impl Glu {
 
     /// `(dg, dup)` from `dact`.
     pub fn backward(self, g: &[f32], up: &[f32], dact: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let mut dg = zeros(g.len());
-        let mut dup = zeros(g.len());
+        let mut dg = scratch(g.len());
+        let mut dup = scratch(g.len());
         if self == Glu::Swi {
             dg.par_chunks_mut(GLU_TASK)
                 .zip(dup.par_chunks_mut(GLU_TASK))
@@ -611,10 +664,10 @@ pub fn head_loss(
         .collect();
     let mut loss = 0f64;
     // One logits buffer for every chunk of targets; never read before written (beta = 0).
-    let mut logits = zeros(targets.len().min(CHUNK) * vocab);
+    let mut logits = scratch(targets.len().min(CHUNK) * vocab);
     for tc in targets.chunks(CHUNK) {
         let m = tc.len();
-        let mut ht = zeros(m * d); // [m, d]
+        let mut ht = scratch(m * d); // [m, d]
         for (row, &(i, _)) in ht.chunks_exact_mut(d).zip(tc) {
             row.copy_from_slice(&hf[i * d..(i + 1) * d]);
         }
@@ -645,9 +698,10 @@ pub fn head_loss(
         if !backward {
             continue;
         }
-        let mut dht = zeros(m * d); // [m, d] = dlogits . E
+        let mut dht = scratch(m * d); // [m, d] = dlogits . E (written by the first slice)
         for &(v0, v1) in &vchunks {
             let vc = v1 - v0;
+            let beta = if v0 == 0 { 0.0 } else { 1.0 };
             w.with_rows_f32(v0, v1, |e| {
                 gemm::sgemm(
                     m,
@@ -658,7 +712,7 @@ pub fn head_loss(
                     (vocab, 1),
                     e,
                     (d, 1),
-                    1.0,
+                    beta,
                     &mut dht,
                     (d, 1),
                 )
@@ -683,7 +737,9 @@ pub fn head_loss(
         for (row, &(i, _)) in dht.chunks_exact(d).zip(tc) {
             dhf[i * d..(i + 1) * d].copy_from_slice(row);
         }
+        recycle([ht, dht]);
     }
+    recycle([logits]);
     if let (Some(g), Weight::Train(p)) = (grad, head) {
         p.g = g;
     }

@@ -8,8 +8,8 @@
 
 use super::batch::Batch;
 use super::layers::{
-    add_into, attention_backward, attention_forward, embed, embed_backward, head_loss, positions,
-    rms_backward, rms_forward, zeros, Glu, Rope,
+    add_into, attention_backward, attention_forward, copy_of, embed, embed_backward, head_loss,
+    positions, recycle, rms_backward, rms_forward, scratch, zeros, Glu, Rope,
 };
 use super::model::{
     input_for, lora_seed, push_block_params, Builder, LossOut, Method, Norm, Param, TLinear,
@@ -123,29 +123,31 @@ impl TLlama {
             let lin = &blk.lin;
             let (h1, rstd1) = rms_forward(&x, blk.attn_norm.w(), eps, d);
             let mut u: [Vec<f32>; 7] = Default::default();
-            let mut q = zeros(n * qd);
-            let mut k = zeros(n * kvd);
-            let mut v = zeros(n * kvd);
+            // GEMM outputs (beta 0): recycled buffers, see `scratch`.
+            let mut q = scratch(n * qd);
+            let mut k = scratch(n * kvd);
+            let mut v = scratch(n * kvd);
             u[Q] = lin[Q].forward(&h1, n, &mut q, p_drop, ls(l, Q));
             u[K] = lin[K].forward(&h1, n, &mut k, p_drop, ls(l, K));
             u[V] = lin[V].forward(&h1, n, &mut v, p_drop, ls(l, V));
             rope.apply(&mut q, qd, hd, &pos, false);
             rope.apply(&mut k, kvd, hd, &pos, false);
             let (probs, att) = attention_forward(&q, &k, &v, &b.seqs, attn, n);
-            let mut proj = zeros(n * d);
+            let mut proj = scratch(n * d);
             u[O] = lin[O].forward(&att, n, &mut proj, p_drop, ls(l, O));
-            let mut x2 = x.clone();
+            let mut x2 = copy_of(&x);
             add_into(&mut x2, &proj);
 
             let (h2, rstd2) = rms_forward(&x2, blk.ffn_norm.w(), eps, d);
-            let mut g = zeros(n * f);
-            let mut up = zeros(n * f);
+            let mut g = scratch(n * f);
+            let mut up = scratch(n * f);
             u[GATE] = lin[GATE].forward(&h2, n, &mut g, p_drop, ls(l, GATE));
             u[UP] = lin[UP].forward(&h2, n, &mut up, p_drop, ls(l, UP));
             let act = Glu::Swi.forward(&g, &up);
             u[DOWN] = lin[DOWN].forward(&act, n, &mut proj, p_drop, ls(l, DOWN));
-            let mut x3 = x2.clone();
+            let mut x3 = copy_of(&x2);
             add_into(&mut x3, &proj);
+            recycle([h1, h2, act, proj]);
             let x_in = std::mem::replace(&mut x, x3);
             acts.push(Acts {
                 x: x_in,
@@ -177,7 +179,8 @@ impl TLlama {
         // dx: [n, d] gradient of the residual stream.
         let mut dx = zeros(n * d);
         rms_backward(&x, &mut self.out_norm, &rstdf, &dhf, d, &mut dx);
-        for (l, a) in acts.iter().enumerate().rev() {
+        while let Some(a) = acts.pop() {
+            let l = acts.len();
             let blk = &mut self.blocks[l];
             // --- feed-forward
             // Recomputed rather than saved, and only for layers that read them: the norm
@@ -189,7 +192,7 @@ impl TLlama {
                 rms_forward(&a.x2, blk.ffn_norm.w(), eps, d).0
             });
             let act = input_for(&blk.lin, &[DOWN], || Glu::Swi.forward(&a.g, &a.up));
-            let mut dact = zeros(n * f);
+            let mut dact = scratch(n * f);
             let lin = &mut blk.lin;
             let u = &a.u;
             lin[DOWN].backward(
@@ -203,13 +206,13 @@ impl TLlama {
                 ls(l, DOWN),
             );
             let (dg, dup) = Glu::Swi.backward(&a.g, &a.up, &dact);
-            let mut dh = zeros(n * d);
+            let mut dh = scratch(n * d);
             lin[GATE].backward(&h2, n, &dg, &u[GATE], &mut dh, false, p_drop, ls(l, GATE));
             lin[UP].backward(&h2, n, &dup, &u[UP], &mut dh, true, p_drop, ls(l, UP));
             rms_backward(&a.x2, &mut blk.ffn_norm, &a.rstd2, &dh, d, &mut dx);
 
             // --- attention
-            let mut datt = zeros(n * qd);
+            let mut datt = scratch(n * qd);
             lin[O].backward(&a.att, n, &dx, &u[O], &mut datt, false, p_drop, ls(l, O));
             let (mut dq, mut dk, dv) =
                 attention_backward(&a.q, &a.k, &a.v, &a.probs, &datt, &b.seqs, attn, n);
@@ -219,6 +222,8 @@ impl TLlama {
             lin[K].backward(&h1, n, &dk, &u[K], &mut dh, true, p_drop, ls(l, K));
             lin[V].backward(&h1, n, &dv, &u[V], &mut dh, true, p_drop, ls(l, V));
             rms_backward(&a.x, &mut blk.attn_norm, &a.rstd1, &dh, d, &mut dx);
+            recycle([h1, h2, act, dact, dg, dup, dh, datt, dq, dk, dv]);
+            recycle([a.x, a.q, a.k, a.v, a.att, a.x2, a.g, a.up]);
         }
         embed_backward(&mut self.embd, &b.tokens, &dx, 1.0);
         Ok(out)

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use super::batch::Batch;
 use super::gemm;
 use super::gemma3::TGemma3;
-use super::layers::zeros;
+use super::layers::{recycle, scratch};
 use super::llama::TLlama;
 use crate::error::{Error, Result};
 use crate::model::gemma3::Gemma3;
@@ -147,7 +147,7 @@ impl Weight {
     /// Copy row `r` into `out` (embedding lookup).
     pub(super) fn row_into(&self, r: usize, out: &mut [f32]) {
         match self {
-            Weight::Frozen(q) => q.dequantize_row_into(r, out),
+            Weight::Frozen(q) => q.unpack_row_into(r, out),
             Weight::Train(p) => out.copy_from_slice(&p.w[r * p.cols..(r + 1) * p.cols]),
         }
     }
@@ -215,7 +215,7 @@ crate::model::ops::dispatch!(dropout_task(x: &[f32], out: &mut [f32], seed: u64,
 /// `x` after dropout with probability `p` (borrowed as is when `p` is 0).
 fn dropped(x: &[f32], p: f32, seed: u64) -> Cow<'_, [f32]> {
     if p > 0.0 {
-        let mut xd = zeros(x.len());
+        let mut xd = scratch(x.len());
         dropout_into(x, &mut xd, p, seed, false);
         Cow::Owned(xd)
     } else {
@@ -262,6 +262,9 @@ impl TLinear {
             gemm::nt(&xd, &l.a.w, &mut u, n, cols, r, 1.0, false);
         }
         gemm::nt(&u, &l.b.w, y, n, r, rows, l.scale, true); // [n, out]
+        if let Cow::Owned(xd) = xd {
+            recycle([xd]);
+        }
         u
     }
 
@@ -313,10 +316,14 @@ impl TLinear {
             gemm::nn(dy, &l.b.w, &mut du, n, rows, r, l.scale, false);
             gemm::tn(&du, &xd, &mut l.a.g, n, r, cols, 1.0, true);
         }
+        if let Cow::Owned(xd) = xd {
+            recycle([xd]);
+        }
         if p > 0.0 {
-            let mut dxd = zeros(n * cols);
+            let mut dxd = scratch(n * cols);
             gemm::nn(&du, &l.a.w, &mut dxd, n, r, cols, 1.0, false); // [n, in]
             dropout_into(&dxd, dx, p, seed, true);
+            recycle([dxd]);
         } else {
             // dx already holds `dy W` (written or added above): add the adapter's part.
             gemm::nn(&du, &l.a.w, dx, n, r, cols, 1.0, true);
