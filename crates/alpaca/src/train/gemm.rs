@@ -30,7 +30,9 @@ pub const NARROW: usize = 32;
 /// Rows of `x` per parallel task of [`nt_narrow`].
 const NARROW_ROWS: usize = 64;
 /// Columns of `x` per parallel task of [`tn_narrow`].
-const NARROW_COLS: usize = 64;
+const NARROW_COLS: usize = 32;
+// `outer_group_512` holds a stripe in two 16-lane registers.
+const _: () = assert!(NARROW_COLS == 32);
 
 fn beta(acc: bool) -> f32 {
     if acc {
@@ -98,11 +100,55 @@ pub fn nt_narrow(x: &[f32], a: &[f32], y: &mut [f32], m: usize, k: usize, r: usi
 
 crate::model::ops::dispatch!(dots_task(x: &[f32], a: &[f32], y: &mut [f32], k: usize, r: usize, alpha: f32) -> () {
     for (yi, xi) in y.chunks_exact_mut(r).zip(x.chunks_exact(k)) {
-        for (yj, aj) in yi.iter_mut().zip(a.chunks_exact(k)) {
-            *yj = alpha * crate::model::ops::dot_inline(xi, aj);
+        let mut j0 = 0;
+        while j0 < r {
+            match r - j0 {
+                8.. => dots_group::<8>(xi, a, k, j0, yi, alpha),
+                4.. => dots_group::<4>(xi, a, k, j0, yi, alpha),
+                _ => dots_group::<1>(xi, a, k, j0, yi, alpha),
+            }
+            j0 += match r - j0 {
+                8.. => 8,
+                4.. => 4,
+                _ => 1,
+            };
         }
     }
 });
+
+/// `y[j] = alpha * x . a[j]` for the `G` rows `j0..j0 + G` of `a` (`[r, k]`) at once: `G`
+/// independent 16-lane accumulators keep the FMA pipeline full (one dot at a time is a
+/// single dependency chain, a quarter of the FMA throughput), and `x` is loaded once per
+/// group.
+#[inline(always)]
+fn dots_group<const G: usize>(
+    x: &[f32],
+    a: &[f32],
+    k: usize,
+    j0: usize,
+    y: &mut [f32],
+    alpha: f32,
+) {
+    let rows: [&[f32]; G] = std::array::from_fn(|g| &a[(j0 + g) * k..(j0 + g + 1) * k]);
+    let mut acc = [[0f32; 16]; G];
+    let full = k / 16 * 16;
+    for c in (0..full).step_by(16) {
+        let xv = &x[c..c + 16];
+        for (accg, row) in acc.iter_mut().zip(&rows) {
+            let av = &row[c..c + 16];
+            for i in 0..16 {
+                accg[i] = xv[i].mul_add(av[i], accg[i]);
+            }
+        }
+    }
+    for ((yj, accg), row) in y[j0..j0 + G].iter_mut().zip(&acc).zip(&rows) {
+        let mut t = crate::model::ops::hsum16(accg);
+        for c in full..k {
+            t = x[c].mul_add(row[c], t);
+        }
+        *yj = alpha * t;
+    }
+}
 
 /// `g += alpha * u[m, r]^T . x[m, k]` for a narrow `r`, `g` being `[r, k]`, or `[k, r]` when
 /// `g_transposed` (the layout of LoRA's `dB`). Each task sums a stripe of `NARROW_COLS`
@@ -149,6 +195,22 @@ pub fn tn_narrow(
 
 crate::model::ops::dispatch!(outer_task(u: &[f32], x: &[f32], acc: &mut [f32], r: usize, k: usize, c0: usize, w: usize) -> () {
     // acc[j, c] += u[i, j] x[i, c0 + c] over every row i.
+    #[cfg(target_arch = "x86_64")]
+    if w == NARROW_COLS && crate::model::ops::simd_level() == crate::model::ops::SimdLevel::Avx512 {
+        let mut j0 = 0;
+        while j0 < r {
+            // SAFETY: AVX-512 is supported (checked above); every row of `x` holds columns
+            // `c0..c0 + NARROW_COLS`, every row of `u` `r >= j0 + G` values, `acc` `r` rows.
+            j0 += unsafe {
+                match r - j0 {
+                    8.. => outer_group_512::<8>(u, x, acc, r, k, c0, j0),
+                    4.. => outer_group_512::<4>(u, x, acc, r, k, c0, j0),
+                    _ => outer_group_512::<1>(u, x, acc, r, k, c0, j0),
+                }
+            };
+        }
+        return;
+    }
     for (ui, xi) in u.chunks_exact(r).zip(x.chunks_exact(k)) {
         let xi = &xi[c0..c0 + w];
         for (accj, &s) in acc.chunks_exact_mut(w).zip(ui) {
@@ -158,6 +220,55 @@ crate::model::ops::dispatch!(outer_task(u: &[f32], x: &[f32], acc: &mut [f32], r
         }
     }
 });
+
+/// [`outer_task`] for the `G` rows `j0..j0 + G` of `acc` over a full 32-column stripe: the
+/// `G x 32` sums stay in `2 G` registers for the whole pass over the rows of `x` (summed in
+/// memory, every FMA also loads and stores its accumulator; and the compiler's own
+/// vectorization of this loop gathers across `G`). Returns `G`.
+///
+/// # Safety
+/// The CPU must support AVX-512F; see the call site for the shapes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn outer_group_512<const G: usize>(
+    u: &[f32],
+    x: &[f32],
+    acc: &mut [f32],
+    r: usize,
+    k: usize,
+    c0: usize,
+    j0: usize,
+) -> usize {
+    use std::arch::x86_64::*;
+    let mut lo = [_mm512_setzero_ps(); G];
+    let mut hi = [_mm512_setzero_ps(); G];
+    for (ui, xi) in u.chunks_exact(r).zip(x.chunks_exact(k)) {
+        let xs = &xi[c0..c0 + 32];
+        let ug = &ui[j0..j0 + G];
+        // SAFETY: `xs` holds 32 values.
+        let (x0, x1) = unsafe {
+            (
+                _mm512_loadu_ps(xs.as_ptr()),
+                _mm512_loadu_ps(xs.as_ptr().add(16)),
+            )
+        };
+        for g in 0..G {
+            let b = _mm512_set1_ps(ug[g]);
+            lo[g] = _mm512_fmadd_ps(b, x0, lo[g]);
+            hi[g] = _mm512_fmadd_ps(b, x1, hi[g]);
+        }
+    }
+    for g in 0..G {
+        let row = &mut acc[(j0 + g) * 32..(j0 + g + 1) * 32];
+        let p = row.as_mut_ptr();
+        // SAFETY: `row` holds 32 values.
+        unsafe {
+            _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), lo[g]));
+            _mm512_storeu_ps(p.add(16), _mm512_add_ps(_mm512_loadu_ps(p.add(16)), hi[g]));
+        }
+    }
+    G
+}
 
 #[cfg(test)]
 mod tests {
@@ -171,6 +282,7 @@ mod tests {
             (64, 129, 16),
             (3, 1, 1),
             (65, 200, 17),
+            (40, 100, 6),
         ] {
             let x: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let a: Vec<f32> = (0..r * k).map(|i| (i as f32 * 0.11).cos()).collect();
