@@ -644,6 +644,30 @@ pub fn head_loss(
     softcap: Option<f32>,
     backward: bool,
 ) -> (f64, Vec<f32>) {
+    head_loss_in(
+        head,
+        hf,
+        targets,
+        loss_scale,
+        softcap,
+        backward,
+        HEAD_VCHUNK,
+    )
+}
+
+/// Rows of a frozen head dequantized at a time by [`head_loss`].
+const HEAD_VCHUNK: usize = 8192;
+
+/// [`head_loss`] over slices of `vch` vocabulary rows.
+fn head_loss_in(
+    head: &mut Weight,
+    hf: &[f32],
+    targets: &[(usize, u32)],
+    loss_scale: f32,
+    softcap: Option<f32>,
+    backward: bool,
+    vch: usize,
+) -> (f64, Vec<f32>) {
     let (vocab, d) = (head.rows(), head.cols());
     let n = hf.len() / d;
     let mut dhf = if backward { zeros(n * d) } else { Vec::new() };
@@ -657,10 +681,9 @@ pub fn head_loss(
     // Targets per chunk: the `[CHUNK, V]` logits are the largest buffer of a step (201 MB at
     // V = 49152), and a frozen head is dequantized twice per chunk.
     const CHUNK: usize = 1024;
-    const VCH: usize = 8192;
     let vchunks: Vec<(usize, usize)> = (0..vocab)
-        .step_by(VCH)
-        .map(|v0| (v0, (v0 + VCH).min(vocab)))
+        .step_by(vch)
+        .map(|v0| (v0, (v0 + vch).min(vocab)))
         .collect();
     let mut loss = 0f64;
     // One logits buffer for every chunk of targets; never read before written (beta = 0).
@@ -876,6 +899,45 @@ mod timing {
     /// heads, head dim 64) over 4 x 256 packed tokens, 2 threads:
     /// `cargo test --release -p alpaca --lib train::layers::timing::attention_timing -- --exact
     /// --ignored --nocapture`
+    /// Median time of the output head's cross-entropy, forward and backward, over 1024
+    /// targets with SmolLM2-135M's tied Q8_0 head (from the model cache), 2 threads, for
+    /// several vocabulary slice sizes alternated in one process:
+    /// `cargo test --release -p alpaca --lib train::layers::timing::head_timing -- --exact
+    /// --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn head_timing() {
+        let path = crate::assets::models_dir().join(crate::assets::DEFAULT_MODEL_FILE);
+        let g = crate::model::hf::open_model(&path)
+            .expect("the default model (scripts/fetch-model.sh)");
+        let crate::model::Model::Llama(m) = crate::model::Model::from_gguf(&g).unwrap() else {
+            panic!("SmolLM2 is a LLaMA");
+        };
+        let mut head = Weight::Frozen(m.tok_embd.clone());
+        let (vocab, d, n) = (head.rows(), head.cols(), 1024);
+        let hf: Vec<f32> = (0..n * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        let targets: Vec<(usize, u32)> = (0..n).map(|i| (i, (i * 7919 % vocab) as u32)).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let sizes = [8192, 4096, 2048, 1024];
+        let mut ts = vec![Vec::new(); sizes.len()];
+        pool.install(|| {
+            for _ in 0..8 {
+                for (t, &vch) in ts.iter_mut().zip(&sizes) {
+                    let t0 = std::time::Instant::now();
+                    let _ = head_loss_in(&mut head, &hf, &targets, 1.0, None, true, vch);
+                    t.push(t0.elapsed().as_secs_f64());
+                }
+            }
+        });
+        for (t, vch) in ts.iter_mut().zip(sizes) {
+            t.sort_by(f64::total_cmp);
+            println!("head slice {vch}: {:.1} ms (median of 8)", t[4] * 1e3);
+        }
+    }
+
     #[test]
     #[ignore]
     fn attention_timing() {
