@@ -22,9 +22,21 @@ use crate::model::ops::{
 // Embedding
 // ------------------------------------------------------------------------------------------
 
-/// `n` zeros, written in parallel when large: a big `vec![0.0; n]` is a serial memset on the
-/// calling thread while the pool waits (activations and gradients are megabytes per layer).
+/// `n` zeros: a buffer handed back by [`recycle`], zero-filled, or a fresh one. Written in
+/// parallel when large: a big `vec![0.0; n]` is a serial memset on the calling thread while
+/// the pool waits (activations and gradients are megabytes per layer).
 pub fn zeros(n: usize) -> Vec<f32> {
+    match take_recycled(n) {
+        Some(mut v) => {
+            v.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
+            v
+        }
+        None => fresh_zeros(n),
+    }
+}
+
+/// `n` zeros in a new allocation (in parallel when large).
+fn fresh_zeros(n: usize) -> Vec<f32> {
     if n < 1 << 16 {
         return vec![0.0; n];
     }
@@ -33,7 +45,7 @@ pub fn zeros(n: usize) -> Vec<f32> {
     v
 }
 
-/// Recycled buffers of [`scratch`]: at most this many are kept.
+/// Recycled buffers of [`scratch`] and [`zeros`]: at most this many are kept.
 const SCRATCH_KEEP: usize = 1024;
 static SCRATCH: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new());
 
@@ -44,26 +56,37 @@ static SCRATCH: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new
 /// zero fill of every fresh buffer was 2% of a LoRA step). Never use it for a buffer that is
 /// accumulated into.
 pub fn scratch(n: usize) -> Vec<f32> {
-    if n > 0 {
-        let found = SCRATCH.lock().ok().and_then(|mut pool| {
-            // The smallest that fits, and not more than twice too big (memory).
-            let (i, _) = pool
-                .iter()
-                .enumerate()
-                .filter(|(_, v)| (n..=2 * n).contains(&v.capacity()))
-                .min_by_key(|(_, v)| v.capacity())?;
-            Some(pool.swap_remove(i))
-        });
-        if let Some(mut v) = found {
-            if v.len() >= n {
-                v.truncate(n);
-            } else {
-                v.resize(n, 0.0);
-            }
-            return v;
-        }
+    take_recycled(n).unwrap_or_else(|| fresh_zeros(n))
+}
+
+/// The smallest recycled buffer that holds `n` values and is at most twice that (memory),
+/// resized to `n`; its values are stale.
+fn take_recycled(n: usize) -> Option<Vec<f32>> {
+    if n == 0 {
+        return None;
     }
-    zeros(n)
+    let mut v = SCRATCH.lock().ok().and_then(|mut pool| {
+        let (i, _) = pool
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| (n..=2 * n).contains(&v.capacity()))
+            .min_by_key(|(_, v)| v.capacity())?;
+        Some(pool.swap_remove(i))
+    })?;
+    if v.len() >= n {
+        v.truncate(n);
+    } else {
+        v.resize(n, 0.0);
+    }
+    Some(v)
+}
+
+/// Free every recycled buffer (before a full fine-tuning optimizer step, see
+/// [`super::train`]).
+pub fn release_scratch() {
+    if let Ok(mut pool) = SCRATCH.lock() {
+        pool.clear();
+    }
 }
 
 /// Hand buffers that are no longer needed back to [`scratch`].

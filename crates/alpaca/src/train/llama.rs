@@ -218,10 +218,18 @@ impl TLlama {
                 attention_backward(&a.q, &a.k, &a.v, &a.probs, &datt, &b.seqs, attn, n);
             rope.apply(&mut dq, qd, hd, &pos, true);
             rope.apply(&mut dk, kvd, hd, &pos, true);
-            lin[Q].backward(&h1, n, &dq, &u[Q], &mut dh, false, p_drop, ls(l, Q));
-            lin[K].backward(&h1, n, &dk, &u[K], &mut dh, true, p_drop, ls(l, K));
-            lin[V].backward(&h1, n, &dv, &u[V], &mut dh, true, p_drop, ls(l, V));
-            rms_backward(&a.x, &mut blk.attn_norm, &a.rstd1, &dh, d, &mut dx);
+            // The first block's input gradient feeds only the embedding (and the norm): not
+            // computed when both are frozen (LoRA).
+            let frozen_below = l == 0
+                && matches!(self.embd, Weight::Frozen(_))
+                && matches!(blk.attn_norm, Norm::Frozen(_));
+            let dh_in: &mut [f32] = if frozen_below { &mut [] } else { &mut dh };
+            lin[Q].backward(&h1, n, &dq, &u[Q], dh_in, false, p_drop, ls(l, Q));
+            lin[K].backward(&h1, n, &dk, &u[K], dh_in, true, p_drop, ls(l, K));
+            lin[V].backward(&h1, n, &dv, &u[V], dh_in, true, p_drop, ls(l, V));
+            if !frozen_below {
+                rms_backward(&a.x, &mut blk.attn_norm, &a.rstd1, &dh, d, &mut dx);
+            }
             recycle([h1, h2, act, dact, dg, dup, dh, datt, dq, dk, dv]);
             recycle([a.x, a.q, a.k, a.v, a.att, a.x2, a.g, a.up]);
         }

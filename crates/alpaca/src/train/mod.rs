@@ -422,6 +422,12 @@ pub fn train(
                 loss,
             });
         }
+        if matches!(cfg.method, Method::Full) {
+            // AdamW reads and writes four copies of every weight here: recycled activations
+            // held across it would add to the peak (3.44 vs 3.27 GiB at 4 x 256). LoRA's
+            // state is small, so its buffers stay for the next step's forward.
+            layers::release_scratch();
+        }
         let mut params = model.params_mut();
         let gnorm = clip_grad_norm(&mut params, cfg.max_grad_norm);
         if !gnorm.is_finite() {

@@ -275,7 +275,8 @@ impl TLinear {
     }
 
     /// Accumulate weight gradients and write (`acc` false) or add `dx[n, in] = dy W (+ LoRA)`.
-    /// `x` may be empty when [`Self::needs_input`] is false.
+    /// `x` may be empty when [`Self::needs_input`] is false; `dx` is empty when the input's
+    /// gradient is not needed (the first block's attention under a frozen embedding).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn backward(
         &mut self,
@@ -292,9 +293,12 @@ impl TLinear {
         if let Weight::Train(w) = &mut self.w {
             gemm::tn(dy, x, &mut w.g, n, rows, cols, 1.0, true); // dW[out, in] += dy^T x
         }
+        let want_dx = !dx.is_empty();
         // dx[n, in] (+)= dy W
-        self.w
-            .with_f32(|w| gemm::nn(dy, w, dx, n, rows, cols, 1.0, acc));
+        if want_dx {
+            self.w
+                .with_f32(|w| gemm::nn(dy, w, dx, n, rows, cols, 1.0, acc));
+        }
         let Some(l) = &mut self.lora else {
             return;
         };
@@ -319,12 +323,12 @@ impl TLinear {
         if let Cow::Owned(xd) = xd {
             recycle([xd]);
         }
-        if p > 0.0 {
+        if want_dx && p > 0.0 {
             let mut dxd = scratch(n * cols);
             gemm::nn(&du, &l.a.w, &mut dxd, n, r, cols, 1.0, false); // [n, in]
             dropout_into(&dxd, dx, p, seed, true);
             recycle([dxd]);
-        } else {
+        } else if want_dx {
             // dx already holds `dy W` (written or added above): add the adapter's part.
             gemm::nn(&du, &l.a.w, dx, n, r, cols, 1.0, true);
         }
