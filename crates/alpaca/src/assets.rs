@@ -16,6 +16,16 @@ pub const DEFAULT_MODEL_SHA256: &str =
 /// The command that fetches the default model.
 pub const FETCH_COMMAND: &str = "scripts/fetch-model.sh";
 
+/// The default model from the model cache, for the timing tests (`scripts/fetch-model.sh`
+/// puts it there).
+#[cfg(test)]
+pub(crate) fn load_default_model() -> crate::model::Model {
+    let path = models_dir().join(DEFAULT_MODEL_FILE);
+    let g =
+        crate::model::hf::open_model(&path).expect("the default model (scripts/fetch-model.sh)");
+    crate::model::Model::from_gguf(&g).expect("load the default model")
+}
+
 /// The model cache: `$ALPACA_MODELS`, else `$XDG_CACHE_HOME/alpaca/models`, else
 /// `~/.cache/alpaca/models`.
 pub fn models_dir() -> PathBuf {

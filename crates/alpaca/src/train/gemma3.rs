@@ -21,7 +21,7 @@
 use super::batch::Batch;
 use super::layers::{
     add_into, attention_backward, attention_forward, embed, embed_backward, head_loss, positions,
-    rms_backward, rms_forward, zeros, Glu, Rope,
+    rms_backward, rms_forward, zeros, Glu, Rope, HEAD_VCHUNK,
 };
 use super::model::{
     input_for, lora_seed, push_block_params, Builder, LossOut, Method, Norm, Param, TLinear,
@@ -269,8 +269,15 @@ impl TGemma3 {
         }
         let (hf, rstdf) = rms_forward(&x, self.out_norm.w(), eps, d);
         let head = self.head.as_mut().unwrap_or(&mut self.embd);
-        let (loss_sum, dhf) =
-            head_loss(head, &hf, &b.targets, loss_scale, c.final_softcap, backward);
+        let (loss_sum, dhf) = head_loss(
+            head,
+            &hf,
+            &b.targets,
+            loss_scale,
+            c.final_softcap,
+            backward,
+            HEAD_VCHUNK,
+        );
         let out = LossOut {
             loss_sum,
             n_targets: b.targets.len(),

@@ -655,34 +655,16 @@ fn row_loss(
     loss
 }
 
+/// Rows of a frozen head that [`head_loss`] dequantizes at a time (the slice size does not
+/// matter for speed: `head_timing`).
+pub const HEAD_VCHUNK: usize = 8192;
+
 /// Cross-entropy of the head (`[V, d]`, optionally followed by the final logit soft-cap
 /// `cap * tanh(z / cap)`) at target rows only: logits are never built for masked positions.
 /// Returns the summed loss and, with `backward`, `dhf` (`[n, d]`, zero at non-target rows),
-/// accumulating the head's gradient when it is trainable.
+/// accumulating the head's gradient when it is trainable. A frozen head is dequantized `vch`
+/// rows at a time ([`HEAD_VCHUNK`]).
 pub fn head_loss(
-    head: &mut Weight,
-    hf: &[f32],
-    targets: &[(usize, u32)],
-    loss_scale: f32,
-    softcap: Option<f32>,
-    backward: bool,
-) -> (f64, Vec<f32>) {
-    head_loss_in(
-        head,
-        hf,
-        targets,
-        loss_scale,
-        softcap,
-        backward,
-        HEAD_VCHUNK,
-    )
-}
-
-/// Rows of a frozen head dequantized at a time by [`head_loss`].
-const HEAD_VCHUNK: usize = 8192;
-
-/// [`head_loss`] over slices of `vch` vocabulary rows.
-fn head_loss_in(
     head: &mut Weight,
     hf: &[f32],
     targets: &[(usize, u32)],
@@ -930,10 +912,7 @@ mod timing {
     #[test]
     #[ignore]
     fn head_timing() {
-        let path = crate::assets::models_dir().join(crate::assets::DEFAULT_MODEL_FILE);
-        let g = crate::model::hf::open_model(&path)
-            .expect("the default model (scripts/fetch-model.sh)");
-        let crate::model::Model::Llama(m) = crate::model::Model::from_gguf(&g).unwrap() else {
+        let crate::model::Model::Llama(m) = crate::assets::load_default_model() else {
             panic!("SmolLM2 is a LLaMA");
         };
         let mut head = Weight::Frozen(m.tok_embd.clone());
@@ -950,7 +929,7 @@ mod timing {
             for _ in 0..8 {
                 for (t, &vch) in ts.iter_mut().zip(&sizes) {
                     let t0 = std::time::Instant::now();
-                    let _ = head_loss_in(&mut head, &hf, &targets, 1.0, None, true, vch);
+                    let _ = head_loss(&mut head, &hf, &targets, 1.0, None, true, vch);
                     t.push(t0.elapsed().as_secs_f64());
                 }
             }

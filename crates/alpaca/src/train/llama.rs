@@ -9,7 +9,7 @@
 use super::batch::Batch;
 use super::layers::{
     add_into, attention_backward, attention_forward, copy_of, embed, embed_backward, head_loss,
-    positions, recycle, rms_backward, rms_forward, scratch, zeros, Glu, Rope,
+    positions, recycle, rms_backward, rms_forward, scratch, zeros, Glu, Rope, HEAD_VCHUNK,
 };
 use super::model::{
     input_for, lora_seed, push_block_params, Builder, LossOut, Method, Norm, Param, TLinear,
@@ -166,7 +166,15 @@ impl TLlama {
         }
         let (hf, rstdf) = rms_forward(&x, self.out_norm.w(), eps, d);
         let head = self.head.as_mut().unwrap_or(&mut self.embd);
-        let (loss_sum, dhf) = head_loss(head, &hf, &b.targets, loss_scale, None, backward);
+        let (loss_sum, dhf) = head_loss(
+            head,
+            &hf,
+            &b.targets,
+            loss_scale,
+            None,
+            backward,
+            HEAD_VCHUNK,
+        );
         let out = LossOut {
             loss_sum,
             n_targets: b.targets.len(),
@@ -241,7 +249,6 @@ impl TLlama {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Model;
     use crate::train::model::{Method, TrainModel};
 
     /// Median time of one forward+backward of a LoRA q,v (r 8, dropout 0.05) micro-batch of
@@ -251,10 +258,7 @@ mod tests {
     #[test]
     #[ignore]
     fn lora_step_timing() {
-        let path = crate::assets::models_dir().join(crate::assets::DEFAULT_MODEL_FILE);
-        let g = crate::model::hf::open_model(&path)
-            .expect("the default model (scripts/fetch-model.sh)");
-        let base = Model::from_gguf(&g).unwrap();
+        let base = crate::assets::load_default_model();
         let mut targets = [false; 7];
         targets[Q] = true;
         targets[V] = true;
