@@ -102,15 +102,10 @@ crate::model::ops::dispatch!(dots_task(x: &[f32], a: &[f32], y: &mut [f32], k: u
     for (yi, xi) in y.chunks_exact_mut(r).zip(x.chunks_exact(k)) {
         let mut j0 = 0;
         while j0 < r {
-            match r - j0 {
+            j0 += match r - j0 {
                 8.. => dots_group::<8>(xi, a, k, j0, yi, alpha),
                 4.. => dots_group::<4>(xi, a, k, j0, yi, alpha),
                 _ => dots_group::<1>(xi, a, k, j0, yi, alpha),
-            }
-            j0 += match r - j0 {
-                8.. => 8,
-                4.. => 4,
-                _ => 1,
             };
         }
     }
@@ -119,7 +114,7 @@ crate::model::ops::dispatch!(dots_task(x: &[f32], a: &[f32], y: &mut [f32], k: u
 /// `y[j] = alpha * x . a[j]` for the `G` rows `j0..j0 + G` of `a` (`[r, k]`) at once: `G`
 /// independent 16-lane accumulators keep the FMA pipeline full (one dot at a time is a
 /// single dependency chain, a quarter of the FMA throughput), and `x` is loaded once per
-/// group.
+/// group. Returns `G`.
 #[inline(always)]
 fn dots_group<const G: usize>(
     x: &[f32],
@@ -128,7 +123,7 @@ fn dots_group<const G: usize>(
     j0: usize,
     y: &mut [f32],
     alpha: f32,
-) {
+) -> usize {
     let rows: [&[f32]; G] = std::array::from_fn(|g| &a[(j0 + g) * k..(j0 + g + 1) * k]);
     let mut acc = [[0f32; 16]; G];
     let full = k / 16 * 16;
@@ -148,6 +143,7 @@ fn dots_group<const G: usize>(
         }
         *yj = alpha * t;
     }
+    G
 }
 
 /// `g += alpha * u[m, r]^T . x[m, k]` for a narrow `r`, `g` being `[r, k]`, or `[k, r]` when

@@ -51,7 +51,7 @@ static SCRATCH: std::sync::Mutex<Vec<Vec<f32>>> = std::sync::Mutex::new(Vec::new
 
 /// `n` values for a buffer whose every element is written before it is read (a GEMM output
 /// with `beta = 0`, an element-wise result): a buffer handed back by [`recycle`], holding
-/// stale values, or [`zeros`] when none fits. A step's activations and temporaries have the
+/// stale values, or a new zeroed one when none fits. A step's activations and temporaries have the
 /// same sizes from layer to layer and step to step, so once warm nothing is zero-filled (the
 /// zero fill of every fresh buffer was 2% of a LoRA step). Never use it for a buffer that is
 /// accumulated into.
@@ -900,10 +900,6 @@ mod tests {
 mod timing {
     use super::*;
 
-    /// Median time of attention forward and backward at SmolLM2-135M's shape (9 heads, 3 kv
-    /// heads, head dim 64) over 4 x 256 packed tokens, 2 threads:
-    /// `cargo test --release -p alpaca --lib train::layers::timing::attention_timing -- --exact
-    /// --ignored --nocapture`
     /// Median time of the output head's cross-entropy, forward and backward, over 1024
     /// targets with SmolLM2-135M's tied Q8_0 head (from the model cache), 2 threads, for
     /// several vocabulary slice sizes alternated in one process:
@@ -940,6 +936,10 @@ mod timing {
         }
     }
 
+    /// Median time of attention forward and backward at SmolLM2-135M's shape (9 heads, 3 kv
+    /// heads, head dim 64) over 4 x 256 packed tokens, 2 threads:
+    /// `cargo test --release -p alpaca --lib train::layers::timing::attention_timing -- --exact
+    /// --ignored --nocapture`
     #[test]
     #[ignore]
     fn attention_timing() {

@@ -223,6 +223,13 @@ fn dropped(x: &[f32], p: f32, seed: u64) -> Cow<'_, [f32]> {
     }
 }
 
+/// Hand a [`dropped`] copy back to the recycled buffers (nothing when it borrowed `x`).
+fn recycle_dropped(xd: Cow<'_, [f32]>) {
+    if let Cow::Owned(v) = xd {
+        recycle([v]);
+    }
+}
+
 /// The dropout multipliers of [`dropout_into`] for `n` values (the candle engine applies the
 /// host's exact masks).
 #[cfg(feature = "candle")]
@@ -262,9 +269,7 @@ impl TLinear {
             gemm::nt(&xd, &l.a.w, &mut u, n, cols, r, 1.0, false);
         }
         gemm::nt(&u, &l.b.w, y, n, r, rows, l.scale, true); // [n, out]
-        if let Cow::Owned(xd) = xd {
-            recycle([xd]);
-        }
+        recycle_dropped(xd);
         u
     }
 
@@ -320,9 +325,7 @@ impl TLinear {
             gemm::nn(dy, &l.b.w, &mut du, n, rows, r, l.scale, false);
             gemm::tn(&du, &xd, &mut l.a.g, n, r, cols, 1.0, true);
         }
-        if let Cow::Owned(xd) = xd {
-            recycle([xd]);
-        }
+        recycle_dropped(xd);
         if want_dx && p > 0.0 {
             let mut dxd = scratch(n * cols);
             gemm::nn(&du, &l.a.w, &mut dxd, n, r, cols, 1.0, false); // [n, in]
